@@ -1,0 +1,34 @@
+"""Environments: action chunking, the small PointReach task, RLlib registration."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from rllib_pirl.envs.chunking import ActionChunkWrapper
+from rllib_pirl.envs.point_reach import PointReachEnv
+
+
+def make_chunked_gym_env(env_config) -> gym.Env:
+    """Env creator of the registered ``ChunkedGym`` env: any gymnasium id with a 1-D
+    Box action space, executed in chunks. env_config: ``id`` (required),
+    ``action_chunk``, ``kwargs`` (passed to ``gymnasium.make``)."""
+    config = dict(env_config or {})
+    env_id = config.get("id")
+    if env_id is None:
+        raise ValueError("ChunkedGym needs env_config.id, a gymnasium env id (e.g. 'Pendulum-v1').")
+    if env_id not in gym.registry:
+        raise ValueError(f"Unknown gymnasium env id {env_id!r} in env_config.id.")
+    return ActionChunkWrapper(gym.make(env_id, **config.get("kwargs", {})), int(config.get("action_chunk", 1)))
+
+
+def make_point_reach(env_config) -> gym.Env:
+    """Env creator of the registered ``PointReach`` env (chunked PointReach-v0)."""
+    config = dict(env_config or {})
+    chunk = int(config.pop("action_chunk", 1))
+    return make_chunked_gym_env({"id": "rllib_pirl/PointReach-v0", "action_chunk": chunk, "kwargs": config})
+
+
+#: The env names that importing rllib_pirl registers with Ray Tune / RLlib.
+ENV_CREATORS = {"ChunkedGym": make_chunked_gym_env, "PointReach": make_point_reach}
+
+__all__ = ["ActionChunkWrapper", "ENV_CREATORS", "PointReachEnv", "make_chunked_gym_env", "make_point_reach"]

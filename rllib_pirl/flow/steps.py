@@ -1,0 +1,78 @@
+"""One denoising step of a flow policy, and the Gaussian it defines.
+
+Conventions (π0 / openpi): time runs from t = 1 (pure noise) to t = 0 (action).
+Training pairs are x_t = t·ε + (1 − t)·a and the network predicts the velocity
+v(x_t, t) ≈ ε − a. A step goes from t to t − dt.
+
+Every function takes ``t`` as a float or a tensor that broadcasts against the
+leading (batch) dimension of ``x``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _like(t, x: torch.Tensor) -> torch.Tensor:
+    """``t`` as a tensor shaped to broadcast over ``x`` (batch dim first)."""
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return t.reshape(t.shape + (1,) * (x.dim() - t.dim()))
+
+
+def time_grid(num_steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The K + 1 times t_k = 1 − k/K, k = 0..K (from noise to action)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps (K) must be >= 1, got {num_steps}")
+    return 1.0 - torch.arange(num_steps + 1, device=device, dtype=dtype) / num_steps
+
+
+def ode_step(x: torch.Tensor, v: torch.Tensor, t, dt) -> torch.Tensor:
+    """Deterministic Euler step of the probability-flow ODE: x_{t−dt} = x_t − dt·v."""
+    return x - _like(dt, x) * v
+
+
+def sde_step(x: torch.Tensor, v: torch.Tensor, t, dt, noise_level: float):
+    """Flow-SDE transition with the marginals of the ODE; returns ``(mean, std)``.
+
+    σ_t  = a·sqrt(t / (1 − t)), with t replaced by 1 − dt at the pole t = 1,
+    mean = x − dt·[v + σ_t²/(2t)·(x + (1 − t)·v)],
+    std  = sqrt(dt)·σ_t,
+
+    where a is ``noise_level`` and −(x + (1 − t)·v)/t is the score ∇log p_t(x)
+    recovered from the velocity. With a = 0 this is :func:`ode_step`.
+    """
+    t = _like(t, x)
+    dt = _like(dt, x)
+    t_sigma = torch.minimum(t, 1.0 - dt)  # the pole at t = 1
+    sigma2 = noise_level**2 * t_sigma / (1.0 - t_sigma)
+    mean = x - dt * (v + sigma2 / (2.0 * t) * (x + (1.0 - t) * v))
+    std = torch.sqrt(dt * sigma2).expand_as(mean)
+    return mean, std
+
+
+def flow_noise_step(x: torch.Tensor, v: torch.Tensor, t, dt, std: torch.Tensor):
+    """Flow-Noise transition; returns ``(mean, std)``: mean = x − dt·v (the ODE step),
+    std = σ_θ from the learned noise head."""
+    return ode_step(x, v, t, dt), std.expand_as(x)
+
+
+def bounded_std(raw: torch.Tensor, std_min: float, std_max: float) -> torch.Tensor:
+    """Noise-head output → std in [std_min, std_max]:
+    log σ² = log σ_min² + (tanh(raw) + 1)/2 · (log σ_max² − log σ_min²), σ = exp(½·log σ²)."""
+    lo, hi = 2.0 * math.log(std_min), 2.0 * math.log(std_max)
+    logvar = lo + 0.5 * (torch.tanh(raw) + 1.0) * (hi - lo)
+    return torch.exp(0.5 * logvar)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mean, std²) = −(x − mean)²/(2·std²) − log std − ½·log 2π."""
+    return -((x - mean) ** 2) / (2.0 * std**2) - torch.log(std) - LOG_SQRT_2PI
+
+
+def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
+    """Elementwise entropy of N(·, std²): ½·log(2πe·std²)."""
+    return 0.5 + LOG_SQRT_2PI + torch.log(std)
