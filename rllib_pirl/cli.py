@@ -1,0 +1,333 @@
+"""The ``rllib`` command (Ray 2.60 ships none).
+
+  rllib train file FILE.yaml [--stop JSON] [--storage-path DIR]
+  rllib evaluate CHECKPOINT [--episodes N] [--seed S]
+
+``train file`` reads the classic tuned_examples format::
+
+    experiment-name:
+      env: PointReach            # a registered env name or a gymnasium id
+      run: FlowSDE               # a registered algorithm or "package.module:Class"
+      stop: {training_iteration: 50}
+      config: {lr: 3.0e-4, ...}  # keys of the algorithm's config (grid_search allowed)
+      checkpoint_config: {checkpoint_frequency: 10, checkpoint_at_end: true}
+
+and runs it through Ray Tune. Everything is validated before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import json
+import os
+import pickle
+import sys
+from typing import Any, Dict
+
+EXPERIMENT_KEYS = ("env", "run", "stop", "config", "checkpoint_config")
+CHECKPOINT_KEYS = ("num_to_keep", "checkpoint_score_attribute", "checkpoint_score_order", "checkpoint_frequency", "checkpoint_at_end")
+MODULE_CHECKPOINT = os.path.join("learner_group", "learner", "rl_module", "default_policy")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one clear message, exit code 2."""
+
+
+def _suggest(name, choices) -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _first_sample(value):
+    """A concrete stand-in for a Tune search space (its first grid value), for validation."""
+    if isinstance(value, dict):
+        if set(value) == {"grid_search"}:
+            return _first_sample(value["grid_search"][0])
+        return {k: _first_sample(v) for k, v in value.items()}
+    return value
+
+
+def config_dict_for_rllib(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The yaml's config as ``AlgorithmConfig.update_from_dict`` takes it: the RLModule's
+    ``model_config`` (a read-only property) is stored as ``_model_config``."""
+    config = dict(config)
+    if "model_config" in config:
+        config["_model_config"] = config.pop("model_config")
+    return config
+
+
+def load_experiments(path: str) -> Dict[str, Dict[str, Any]]:
+    """Parse a tuned-example yaml file and check its structure."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UsageError(f"No such file: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UsageError(f"Malformed yaml in {path}: {e}") from None
+    if not isinstance(data, dict) or not data:
+        raise UsageError(
+            f"{path} must map experiment names to {{env, run, stop, config, checkpoint_config}}, "
+            f"got {type(data).__name__}."
+        )
+    for name, spec in data.items():
+        if not isinstance(spec, dict):
+            raise UsageError(f"Experiment {name!r} in {path} must be a mapping with keys {EXPERIMENT_KEYS}.")
+        for key in spec:
+            if key not in EXPERIMENT_KEYS:
+                raise UsageError(
+                    f"Experiment {name!r}: unknown key {key!r}; valid keys: {', '.join(EXPERIMENT_KEYS)}."
+                    + _suggest(key, EXPERIMENT_KEYS)
+                )
+        for key in ("run", "env"):
+            if key not in spec:
+                raise UsageError(f"Experiment {name!r} has no {key!r} key.")
+        for key in ("stop", "config", "checkpoint_config"):
+            if not isinstance(spec.get(key, {}), dict):
+                raise UsageError(f"Experiment {name!r}: {key!r} must be a mapping.")
+    return data
+
+
+def resolve_algorithm(run: str):
+    """A registered algorithm name, or ``package.module:Class``."""
+    import rllib_pirl
+    from ray.rllib.algorithms.algorithm import Algorithm
+    from ray.rllib.algorithms.registry import ALGORITHMS as RLLIB_ALGORITHMS
+
+    if not isinstance(run, str):
+        raise UsageError(f"run: must be a string, got {run!r}.")
+    if ":" in run:
+        from rllib_pirl.rl_module import import_object
+
+        try:
+            cls = import_object(run)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise UsageError(f"run: cannot import {run!r}: {e}") from None
+    elif run in rllib_pirl.ALGORITHMS:
+        cls = rllib_pirl.ALGORITHMS[run]
+    elif run in RLLIB_ALGORITHMS:
+        cls = RLLIB_ALGORITHMS[run]()[0]
+    else:
+        choices = list(rllib_pirl.ALGORITHMS) + sorted(RLLIB_ALGORITHMS)
+        raise UsageError(
+            f"run: unknown algorithm {run!r}. Valid: {', '.join(choices)}, or 'package.module:Class'."
+            + _suggest(run, choices)
+        )
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise UsageError(f"run: {run!r} is not an RLlib Algorithm class.")
+    return cls
+
+
+def check_env(env) -> None:
+    import gymnasium as gym
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    from rllib_pirl.envs import ENV_CREATORS
+
+    if isinstance(env, str) and (_global_registry.contains(ENV_CREATOR, env) or env in gym.registry):
+        return
+    raise UsageError(
+        f"env: unknown env {env!r}. Registered by rllib_pirl: {', '.join(ENV_CREATORS)}; "
+        "or any gymnasium id (with a chunked action space; see the 'ChunkedGym' env)."
+        + _suggest(env, list(ENV_CREATORS) + list(gym.registry))
+    )
+
+
+def build_config(algo_cls, env, config: Dict[str, Any], name: str):
+    """The algorithm's config for ``config`` (search spaces at their first value),
+    validated: unknown keys and invalid values stop here."""
+    algo_config = algo_cls.get_default_config()
+    sample = _first_sample(copy.deepcopy(config_dict_for_rllib(config)))
+    for key in sample:
+        translated = algo_config._translate_special_keys(key, warn_deprecated=False)
+        if not hasattr(algo_config, translated):
+            known = [k for k in vars(algo_config) if not k.startswith("_")] + ["model_config"]
+            key = "model_config" if key == "_model_config" else key
+            raise UsageError(
+                f"Experiment {name!r}: {algo_cls.__name__}'s config has no key {key!r}." + _suggest(key, known)
+            )
+    try:
+        algo_config = algo_config.update_from_dict(sample).environment(env)
+        algo_config.validate()
+    except (ValueError, TypeError) as e:
+        msg = str(e).split("\nTo suppress all validation errors")[0]
+        raise UsageError(f"Experiment {name!r}: invalid config: {msg}") from None
+    return algo_config
+
+
+def cmd_train_file(args) -> int:
+    import rllib_pirl  # noqa: F401  (registers algorithms and envs)
+
+    experiments = load_experiments(args.file)
+    stop_override = None
+    if args.stop is not None:
+        try:
+            stop_override = json.loads(args.stop)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--stop must be a JSON object, e.g. '{{\"training_iteration\": 5}}': {e}") from None
+        if not isinstance(stop_override, dict):
+            raise UsageError("--stop must be a JSON object, e.g. '{\"training_iteration\": 5}'.")
+
+    # Validate everything before Tune writes anything.
+    prepared = []
+    for name, spec in experiments.items():
+        algo_cls = resolve_algorithm(spec["run"])
+        check_env(spec["env"])
+        build_config(algo_cls, spec["env"], spec.get("config", {}), name)
+        ckpt = spec.get("checkpoint_config", {})
+        for key in ckpt:
+            if key not in CHECKPOINT_KEYS:
+                raise UsageError(
+                    f"Experiment {name!r}: unknown checkpoint_config key {key!r}; valid: {', '.join(CHECKPOINT_KEYS)}."
+                )
+        stop = stop_override if stop_override is not None else spec.get("stop", {})
+        prepared.append((name, algo_cls, spec, stop, ckpt))
+
+    import ray
+    from ray import tune
+
+    storage = os.path.abspath(os.path.expanduser(args.storage_path or "~/ray_results"))
+    for name, algo_cls, spec, stop, ckpt in prepared:
+        param_space = dict(config_dict_for_rllib(spec.get("config", {})), env=spec["env"])
+        checkpoint_config = tune.CheckpointConfig(**{"checkpoint_at_end": True, **ckpt})
+        print(f"== {name}: {algo_cls.__name__} on {spec['env']}, stop={stop}", flush=True)
+        print(f"   results: {os.path.join(storage, name)}  (tensorboard --logdir {storage})", flush=True)
+        tuner = tune.Tuner(
+            algo_cls,
+            param_space=param_space,
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                stop=stop,
+                checkpoint_config=checkpoint_config,
+                verbose=1,
+            ),
+        )
+        results = tuner.fit()
+        failed = [r for r in results if r.error]
+        for r in results:
+            ret = (r.metrics or {}).get("env_runners", {}).get("episode_return_mean")
+            ckpt_path = r.checkpoint.path if r.checkpoint else None
+            print(f"   trial {r.path}: episode_return_mean={ret}, checkpoint={ckpt_path}", flush=True)
+        if failed:
+            for r in failed:
+                print(f"   trial failed: {r.error}", file=sys.stderr)
+            return 1
+    if ray.is_initialized():
+        ray.shutdown()
+    return 0
+
+
+def load_checkpoint(path: str):
+    """``(module, algorithm config dict)`` from an Algorithm checkpoint folder."""
+    import rllib_pirl  # noqa: F401
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    path = os.path.abspath(os.path.expanduser(path))
+    module_dir = os.path.join(path, MODULE_CHECKPOINT)
+    ctor = os.path.join(path, "class_and_ctor_args.pkl")
+    if not (os.path.isdir(module_dir) and os.path.isfile(ctor)):
+        raise UsageError(
+            f"{path} is not an RLlib algorithm checkpoint (expected {MODULE_CHECKPOINT}/ and "
+            "class_and_ctor_args.pkl); pass a trial's checkpoint_00000N folder."
+        )
+    with open(ctor, "rb") as f:
+        config = pickle.load(f)["ctor_args_and_kwargs"][0][0]
+    module = RLModule.from_checkpoint(module_dir)
+    module.eval()
+    return module, config
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from rllib_pirl.evaluation import env_creator_for, evaluate
+
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {args.episodes}.")
+    torch.set_num_threads(1)
+    module, config = load_checkpoint(args.checkpoint)
+    env_config = dict(config.get("env_config") or {})
+    if args.env_config:
+        env_config.update(json.loads(args.env_config))
+    env = env_creator_for(config["env"])(env_config)
+    every = max(1, args.episodes // 10)
+
+    def progress(i, result):
+        if i % every == 0 or i == args.episodes:
+            print(f"  {i}/{args.episodes} episodes, mean return {result.mean_return:.3f}", flush=True)
+
+    print(f"Evaluating {args.checkpoint} on {config['env']} ({'stochastic' if args.explore else 'deterministic'} "
+          f"policy, seeds {args.seed}..{args.seed + args.episodes - 1})", flush=True)
+    result = evaluate(
+        module,
+        env,
+        args.episodes,
+        seed=args.seed,
+        explore=args.explore,
+        normalize_actions=config.get("normalize_actions", True),
+        clip_actions=config.get("clip_actions", False),
+        progress=progress,
+    )
+    env.close()
+    print(result.summary())
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rllib",
+        description="rllib_pirl's command line: train πRL algorithms (Flow-SDE, Flow-Noise) from tuned-example "
+        "yaml files with Ray Tune, and evaluate checkpoints.",
+        epilog="examples:\n"
+        "  rllib train file tuned_examples/flow_sde_point_reach.yaml\n"
+        "  rllib train file tuned_examples/flow_sde_point_reach.yaml --stop '{\"training_iteration\": 5}' "
+        "--storage-path /tmp/runs\n"
+        "  rllib evaluate /tmp/runs/flow-sde-point-reach/<trial>/checkpoint_000000 --episodes 200\n"
+        "'rllib train file --help' and 'rllib evaluate --help' say more.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train an algorithm", description="Train an algorithm.")
+    train_sub = train.add_subparsers(dest="how", required=True)
+    tf = train_sub.add_parser(
+        "file",
+        help="run the experiments of a tuned-example yaml file with Ray Tune",
+        description="Run the experiments of a tuned-example yaml file {name: {env, run, stop, config, "
+        "checkpoint_config}} with Ray Tune. Results, TensorBoard files and checkpoints go to "
+        "STORAGE_PATH/name.",
+    )
+    tf.add_argument("file", help="yaml file, e.g. tuned_examples/flow_sde_point_reach.yaml")
+    tf.add_argument("--stop", help="JSON stopping criteria replacing the file's, e.g. '{\"training_iteration\": 5}'")
+    tf.add_argument("--storage-path", help="where Tune writes results (default ~/ray_results)")
+    tf.set_defaults(func=cmd_train_file)
+    ev = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint's deterministic policy",
+        description="Run the deterministic (ODE) policy of a checkpoint for N episodes on fixed seeds and print "
+        "the mean return and success rate with 95%% intervals.",
+    )
+    ev.add_argument("checkpoint", help="an algorithm checkpoint folder (a trial's checkpoint_00000N)")
+    ev.add_argument("--episodes", type=int, default=100, help="number of episodes (default 100)")
+    ev.add_argument("--seed", type=int, default=0, help="episode i resets with seed SEED + i (default 0)")
+    ev.add_argument("--explore", action="store_true", help="use the stochastic exploration policy instead")
+    ev.add_argument("--env-config", help="JSON overrides of the env_config stored in the checkpoint")
+    ev.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"rllib: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

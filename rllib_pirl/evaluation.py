@@ -1,0 +1,115 @@
+"""Evaluation protocol: the deterministic (ODE) policy on a fixed list of seeds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, List
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
+
+
+def env_creator_for(env) -> Callable[[dict], gym.Env]:
+    """The creator of a Tune-registered env name, or ``gymnasium.make`` for an id."""
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    if isinstance(env, str) and _global_registry.contains(ENV_CREATOR, env):
+        return _global_registry.get(ENV_CREATOR, env)
+    if isinstance(env, str) and env in gym.registry:
+        return lambda config: gym.make(env, **(config or {}))
+    if callable(env):
+        return env
+    raise ValueError(f"Unknown env {env!r}: neither registered with Ray Tune nor a gymnasium id.")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96):
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denom = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return (centre - half, centre + half)
+
+
+@dataclass
+class EvalResult:
+    returns: List[float] = field(default_factory=list)
+    successes: List[bool] = field(default_factory=list)
+    lengths: List[int] = field(default_factory=list)
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def return_ci95(self):
+        """Normal-approximation 95% interval of the mean return."""
+        n = len(self.returns)
+        half = 1.96 * float(np.std(self.returns, ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+        return (self.mean_return - half, self.mean_return + half)
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.successes))
+
+    @property
+    def success_ci95(self):
+        return wilson_interval(int(np.sum(self.successes)), len(self.successes))
+
+    def summary(self) -> str:
+        lo, hi = self.return_ci95
+        slo, shi = self.success_ci95
+        return (
+            f"episodes: {len(self.returns)}\n"
+            f"mean return: {self.mean_return:.4f}  (95% CI {lo:.4f} .. {hi:.4f})\n"
+            f"success rate: {self.success_rate:.4f}  (95% CI {slo:.4f} .. {shi:.4f})\n"
+            f"mean episode length: {np.mean(self.lengths):.1f} policy steps"
+        )
+
+
+@torch.no_grad()
+def evaluate(
+    module,
+    env: gym.Env,
+    episodes: int,
+    seed: int = 0,
+    explore: bool = False,
+    normalize_actions: bool = True,
+    clip_actions: bool = False,
+    progress=None,
+) -> EvalResult:
+    """Run ``episodes`` episodes, episode i reset with seed ``seed + i``.
+
+    Deterministic policy (``forward_inference``) unless ``explore``. Actions go to the
+    env as RLlib's env runners send them (``normalize_actions``: [−1, 1] → bounds;
+    ``clip_actions``). An episode succeeds when any step's ``info["success"]`` is true.
+    """
+    result = EvalResult()
+    for i in range(episodes):
+        obs, info = env.reset(seed=seed + i)
+        total, success, steps, done = 0.0, bool(info.get("success", False)), 0, False
+        while not done:
+            batch = {Columns.OBS: torch.as_tensor(np.asarray(obs)[None])}
+            out = module.forward_exploration(batch) if explore else module.forward_inference(batch)
+            action = out[Columns.ACTIONS][0].cpu().numpy()
+            if normalize_actions:
+                action = unsquash_action(action, env.action_space)
+            elif clip_actions:
+                action = clip_action(action, env.action_space)
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += float(reward)
+            success = success or bool(info.get("success", False))
+            steps += 1
+            done = terminated or truncated
+        result.returns.append(total)
+        result.successes.append(success)
+        result.lengths.append(steps)
+        if progress is not None:
+            progress(i + 1, result)
+    return result
