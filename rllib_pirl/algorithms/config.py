@@ -149,12 +149,14 @@ def flow_config_errors(config) -> list:
         )
     if config.inference_x0 not in INFERENCE_X0:
         errors.append(f"inference_x0 must be one of {INFERENCE_X0}, got {config.inference_x0!r}.")
-    for name in ("value_lr", "vf_huber_delta", "value_clip_param"):
+    for name in ("vf_huber_delta", "value_clip_param"):
         value = getattr(config, name)
         if not isinstance(value, (int, float)) or value <= 0:
             errors.append(f"{name} must be a number > 0, got {value!r}.")
-    if not isinstance(config.weight_decay, (int, float)) or config.weight_decay < 0:
-        errors.append(f"weight_decay must be a number >= 0, got {config.weight_decay!r}.")
+    for name in ("value_lr", "weight_decay"):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or value < 0:
+            errors.append(f"{name} must be a number >= 0, got {value!r}.")
     return errors
 
 

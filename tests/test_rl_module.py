@@ -1,0 +1,88 @@
+"""FlowRLModule: what exploration stores is what the learner recomputes."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ray.rllib.core.columns import Columns
+
+from rllib_pirl.rl_module import ENTROPY, LATENTS, LOGP, NOISE_STD, STEPS, FlowRLModule
+
+OBS = gym.spaces.Box(-1, 1, (6,), np.float32)
+ACT = gym.spaces.Box(-1, 1, (3, 2), np.float32)
+
+
+def make_module(exploration, reduction="sum", K=4, action_space=ACT, **model):
+    model_config = {
+        "num_denoise_steps": K,
+        "action_chunk": action_space.shape[0],
+        "exploration": exploration,
+        "logprob_reduction": reduction,
+        "noise_level": 0.5,
+        "noise_std_range": (0.08, 0.16),
+        "model_kwargs": {"hidden_sizes": (32, 32), "value_hidden_sizes": (32,), **model},
+    }
+    torch.manual_seed(0)
+    return FlowRLModule(observation_space=OBS, action_space=action_space, model_config=model_config)
+
+
+@pytest.mark.parametrize("exploration", ["sde", "noise"])
+@pytest.mark.parametrize("reduction", ["sum", "per_element"])
+def test_stored_log_prob_equals_learner_recomputation(exploration, reduction):
+    module = make_module(exploration, reduction)
+    obs = torch.randn(16, 6)
+    out = module.forward_exploration({Columns.OBS: obs})
+    n = 1 if reduction == "sum" else 3 * 2
+    assert out[Columns.ACTIONS].shape == (16, 3, 2)
+    assert out[LATENTS].shape == (16, 5, 3, 2)
+    assert out[LOGP].shape == (16, n) and out[Columns.ACTION_LOGP].shape == (16,)
+    assert out[STEPS].shape == (16, 1 if exploration == "sde" else 4)
+    assert torch.equal(out[Columns.ACTIONS], out[LATENTS][:, -1])
+    train_batch = {Columns.OBS: obs, LATENTS: out[LATENTS], STEPS: out[STEPS]}
+    fwd = module.forward_train(train_batch)
+    log_ratio = fwd[LOGP] - out[LOGP]
+    assert log_ratio.abs().max() < 1e-4
+    assert fwd[ENTROPY].shape == (16,) and fwd[NOISE_STD].shape == (16,)
+    values = module.compute_values(train_batch)
+    assert torch.allclose(values, out[Columns.VF_PREDS], atol=1e-6)
+    # After a parameter change the recomputation moves: the check above can fail.
+    with torch.no_grad():
+        for p in module.model.velocity_out.parameters():
+            p.add_(0.05)
+    assert (module.forward_train(train_batch)[LOGP] - out[LOGP]).abs().max() > 1e-3
+
+
+def test_inference_is_the_deterministic_ode():
+    module = make_module("sde")
+    obs = torch.randn(5, 6)
+    a = module.forward_inference({Columns.OBS: obs})[Columns.ACTIONS]
+    b = module.forward_inference({Columns.OBS: obs})[Columns.ACTIONS]
+    assert torch.equal(a, b)
+    explore = module.forward_exploration({Columns.OBS: obs})[Columns.ACTIONS]
+    assert not torch.allclose(a, explore)
+
+
+def test_model_may_predict_more_than_the_env_uses():
+    """Like π0 (chunk 50, 32 padded dims): only the env's chunk and dims act and count."""
+    from rllib_pirl.models import StateFlowPolicy
+
+    class Padded(StateFlowPolicy):
+        @classmethod
+        def from_spaces(cls, observation_space, action_space, **kw):
+            return cls(obs_dim=observation_space.shape[0], horizon=8, action_dim=5, **kw)
+
+    model_config = {
+        "model_class": Padded, "num_denoise_steps": 3, "action_chunk": 3, "exploration": "noise",
+        "logprob_reduction": "per_element", "model_kwargs": {"hidden_sizes": (16, 16)},
+    }
+    module = FlowRLModule(observation_space=OBS, action_space=ACT, model_config=model_config)
+    out = module.forward_exploration({Columns.OBS: torch.randn(4, 6)})
+    assert out[LATENTS].shape == (4, 4, 8, 5)
+    assert out[Columns.ACTIONS].shape == (4, 3, 2)
+    assert torch.equal(out[Columns.ACTIONS], out[LATENTS][:, -1, :3, :2])
+    assert out[LOGP].shape == (4, 6)
+
+
+def test_per_step_action_space_is_rejected_with_a_hint():
+    with pytest.raises(ValueError, match="ActionChunkWrapper"):
+        make_module("sde", action_space=gym.spaces.Box(-1, 1, (2,), np.float32))
