@@ -1,0 +1,95 @@
+"""The `rllib` console script."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from rllib_pirl.cli import main
+
+EXAMPLE = os.path.join(REPO, "tuned_examples", "flow_sde_point_reach.yaml")
+
+
+def rllib(*args, cwd=None, timeout=600):
+    exe = os.path.join(os.path.dirname(sys.executable), "rllib")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "rllib_pirl.cli"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def test_help_explains_both_commands():
+    out = rllib("--help")
+    assert out.returncode == 0
+    assert "train file" in out.stdout and "evaluate" in out.stdout
+
+
+@pytest.mark.parametrize("example", sorted(os.listdir(os.path.join(REPO, "tuned_examples"))))
+def test_tuned_examples_are_valid(example):
+    from rllib_pirl.cli import build_config, load_experiments, resolve_algorithm
+
+    for name, spec in load_experiments(os.path.join(REPO, "tuned_examples", example)).items():
+        build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name)
+
+
+def test_train_file_runs_a_tuned_example_and_evaluate_reads_its_checkpoint(tmp_path):
+    out = rllib("train", "file", EXAMPLE, "--stop", '{"training_iteration": 1}', "--storage-path", str(tmp_path))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    trials = [d for d in (tmp_path / "flow-sde-point-reach").iterdir() if d.is_dir()]
+    assert len(trials) == 1
+    trial = trials[0]
+    assert any(f.name.startswith("events.out.tfevents") for f in trial.iterdir())  # TensorBoard
+    ckpt = trial / "checkpoint_000000"
+    assert (ckpt / "learner_group").is_dir()
+    ev = rllib("evaluate", str(ckpt), "--episodes", "4", "--seed", "10")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert re.search(r"mean return: -?\d", ev.stdout) and re.search(r"success rate: \d", ev.stdout)
+    assert "seeds 10..13" in ev.stdout
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+GOOD = """
+exp:
+  env: PointReach
+  run: FlowSDE
+  stop: {training_iteration: 1}
+  config: {num_env_runners: 0, action_chunk: 4, %s}
+"""
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("exp: [unclosed", "Malformed yaml"),
+        (GOOD.replace("run: FlowSDE", "run: FlowSDF") % "", "unknown algorithm 'FlowSDF'.*FlowSDE, FlowNoise.*Did you mean 'FlowSDE'"),
+        (GOOD.replace("env: PointReach", "env: PointRech") % "", "unknown env 'PointRech'.*ChunkedGym, PointReach.*Did you mean 'PointReach'"),
+        (GOOD % "noise_levle: 0.3", "no key 'noise_levle'.*Did you mean 'noise_level'"),
+        (GOOD % "noise_level: -0.5", "noise_level must be a number >= 0"),
+        (GOOD % "noise_std_range: [0.3, 0.1]", "0 < min <= max, got min=0.3, max=0.1"),
+        (GOOD % "num_denoise_steps: 0", "num_denoise_steps .K. must be an integer >= 1"),
+        (GOOD.replace("stop:", "stopp:") % "", "unknown key 'stopp'"),
+        (GOOD.replace("run: FlowSDE", "run: no_such.module:Algo") % "", "cannot import 'no_such.module:Algo'"),
+    ],
+)
+def test_bad_input_stops_at_once_and_writes_nothing(tmp_path, capsys, text, message):
+    storage = tmp_path / "results"
+    code = main(["train", "file", write(tmp_path, text), "--storage-path", str(storage)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(message, err), err
+    assert not storage.exists()
+
+
+def test_bad_stop_json_and_missing_file(tmp_path, capsys):
+    assert main(["train", "file", write(tmp_path, GOOD % ""), "--stop", "{oops"]) == 2
+    assert "--stop must be a JSON object" in capsys.readouterr().err
+    assert main(["train", "file", str(tmp_path / "missing.yaml")]) == 2
+    assert "No such file" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not an RLlib algorithm checkpoint" in capsys.readouterr().err
