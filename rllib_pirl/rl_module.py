@@ -4,7 +4,8 @@
 - exploration (rollouts): stochastic chain (Flow-SDE: one random step k* per call;
   Flow-Noise: every step), returning the actions itself together with
   ``action_logp`` and the chain data the loss needs (RLlib stores every returned key
-  per step and hands it back in the train batch under the same name);
+  per step and hands it back in the train batch under the same name); values are
+  not computed here but in the learner (rollouts cost what the ODE costs);
 - train: recompute the log-prob of the stored stochastic transition(s) and the values.
 """
 
@@ -154,7 +155,6 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
             LATENTS: chain.latents,
             STEPS: chain.steps,
             LOGP: logp,
-            Columns.VF_PREDS: self.model.value(context).float(),
         }
 
     def _forward_train(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:

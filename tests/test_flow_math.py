@@ -50,6 +50,21 @@ def test_sde_step_with_noise_level_zero_is_the_ode_step(t):
     assert torch.all(std == 0)
 
 
+@pytest.mark.parametrize("t", [1.0, 0.6, 0.2])
+def test_sde_step_takes_one_float_time_or_per_row_times(t):
+    g = torch.Generator().manual_seed(2)
+    x, v = torch.randn(8, 5, 7, generator=g), torch.randn(8, 5, 7, generator=g)
+    mean_f, std_f = sde_step(x, v, t, 0.2, noise_level=0.7)
+    mean_t, std_t = sde_step(x, v, torch.full((8,), t), 0.2, noise_level=0.7)
+    assert torch.allclose(mean_f, mean_t, atol=1e-5) and torch.allclose(std_f, std_t, atol=1e-6)
+    # and both equal the formula written out: x − dt·[v + σ²/(2t)·(x + (1 − t)·v)]
+    ts = min(t, 0.8)
+    sigma2 = 0.49 * ts / (1 - ts)
+    expected = x - 0.2 * (v + sigma2 / (2 * t) * (x + (1 - t) * v))
+    assert torch.allclose(mean_f, expected, atol=1e-5)
+    assert torch.allclose(std_f, torch.full_like(std_f, math.sqrt(0.2 * sigma2)), atol=1e-6)
+
+
 def test_sde_step_avoids_the_pole_at_t_equal_one():
     x, v = torch.randn(4, 2, 3), torch.randn(4, 2, 3)
     mean, std = sde_step(x, v, 1.0, 0.25, noise_level=0.5)

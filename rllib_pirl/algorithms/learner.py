@@ -11,7 +11,10 @@ from ray.rllib.algorithms.ppo.ppo import (
     LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY,
 )
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
@@ -43,11 +46,30 @@ def clipped_huber_value_loss(values, old_values, targets, delta: float, clip: fl
     )
 
 
+class AddOldValues(ConnectorV2):
+    """Learner connector: V_old(s) at the weights that collected the batch, stored as
+    ``Columns.VF_PREDS`` for value clipping (runs once per train batch, before GAE)."""
+
+    def __call__(self, *, rl_module, batch, episodes, **kwargs):
+        with torch.no_grad():
+            for module_id, module_batch in batch.items():
+                module = rl_module[module_id]
+                if isinstance(module, ValueFunctionAPI):
+                    module_batch[Columns.VF_PREDS] = module.compute_values(module_batch).detach()
+        return batch
+
+
 class FlowPPOTorchLearner(PPOTorchLearner):
     """Loss = −surrogate + c_v·value loss − c_e·entropy (log-probs in fp32).
 
     The actor (everything but the value head) uses ``lr``; the value head ``value_lr``.
     """
+
+    @override(PPOTorchLearner)
+    def build(self) -> None:
+        super().build()
+        if self._learner_connector is not None and self.config.add_default_connectors_to_learner_pipeline:
+            self._learner_connector.insert_before(GeneralAdvantageEstimation, AddOldValues())
 
     @override(PPOTorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:

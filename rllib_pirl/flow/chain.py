@@ -81,17 +81,13 @@ class Chain:
     latents: torch.Tensor  # (B, K+1, H, D): x_0 … x_K, x_K is the action chunk
     steps: torch.Tensor  # (B, S) long: the stochastic transitions k (x_k → x_{k+1})
     log_prob: torch.Tensor  # (B, H, D) fp32: Σ over stochastic steps (+ prior)
-    entropy: torch.Tensor  # (B, H, D) fp32: mean step entropy ½·log(2πe·std²)
-    std: torch.Tensor  # (B,) fp32: mean std of the stochastic steps
+    # Set by chain_log_prob (the learner) only:
+    entropy: Optional[torch.Tensor] = None  # (B, H, D) fp32: mean step entropy ½·log(2πe·std²)
+    std: Optional[torch.Tensor] = None  # (B,) fp32: mean std of the stochastic steps
 
     @property
     def actions(self) -> torch.Tensor:
         return self.latents[:, -1]
-
-
-def _step_terms(x_next, mean, std):
-    x_next, mean, std = x_next.float(), mean.float(), std.float()
-    return gaussian_log_prob(x_next, mean, std), gaussian_entropy(std), std
 
 
 def _prior_log_prob(x0):
@@ -111,48 +107,37 @@ def sample_chain(
     Without ``exploration`` every step is the deterministic ODE step. With it, the
     steps it names are drawn from its Gaussian and their log-densities summed
     (elementwise over H, D), with log N(x_0; 0, I) when it ``includes_prior``.
+    Only what a rollout needs is computed (no entropy: see :func:`chain_log_prob`).
     """
     batch = x0.shape[0]
     grid = time_grid(num_steps, device=x0.device, dtype=x0.dtype)
     dt = 1.0 / num_steps
     stochastic = (
-        exploration.stochastic_steps(num_steps, generator).to(x0.device)
+        exploration.stochastic_steps(num_steps, generator)
         if exploration is not None
-        else torch.zeros(0, dtype=torch.long, device=x0.device)
+        else torch.zeros(0, dtype=torch.long)
     )
-    is_stochastic = torch.zeros(num_steps, dtype=torch.bool)
-    is_stochastic[stochastic.cpu()] = True
-    zeros = torch.zeros(x0.shape, dtype=torch.float32, device=x0.device)
-    log_prob, entropy = zeros.clone(), zeros.clone()
-    std_sum = torch.zeros(batch, dtype=torch.float32, device=x0.device)
+    is_stochastic = set(stochastic.tolist())
+    log_prob = torch.zeros(x0.shape, dtype=torch.float32, device=x0.device)
     if exploration is not None and exploration.includes_prior:
         log_prob = log_prob + _prior_log_prob(x0)
 
     latents = [x0]
     x = x0
     for k in range(num_steps):
-        t = grid[k].expand(batch)
-        v, hidden = velocity_fn(x, t)
-        if is_stochastic[k]:
-            mean, std = exploration.transition(x, v, hidden, t, dt)
-            noise = torch.randn(
-                mean.shape, generator=generator, dtype=mean.dtype, device="cpu"
-            ).to(mean.device)
-            x = mean + std * noise
-            lp, ent, std32 = _step_terms(x, mean, std)
-            log_prob = log_prob + lp
-            entropy = entropy + ent
-            std_sum = std_sum + std32.flatten(1).mean(1)
+        v, hidden = velocity_fn(x, grid[k].expand(batch))
+        if k in is_stochastic:
+            mean, std = exploration.transition(x, v, hidden, 1.0 - k * dt, dt)
+            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device="cpu")
+            x = mean + std * noise.to(mean.device)
+            log_prob = log_prob + gaussian_log_prob(x.float(), mean.float(), std.float())
         else:
-            x = ode_step(x, v, t, dt)
+            x = ode_step(x, v, None, dt)
         latents.append(x)
-    n = max(len(stochastic), 1)
     return Chain(
         latents=torch.stack(latents, dim=1),
-        steps=stochastic.expand(batch, -1).clone(),
+        steps=stochastic.to(x0.device).expand(batch, -1).clone(),
         log_prob=log_prob,
-        entropy=entropy / n,
-        std=std_sum / n,
     )
 
 
@@ -183,10 +168,10 @@ def chain_log_prob(
         x, x_next, t = latents[rows, k], latents[rows, k + 1], grid[k]
         v, hidden = velocity_fn(x, t)
         mean, std = exploration.transition(x, v, hidden, t, dt)
-        lp, ent, std32 = _step_terms(x_next, mean, std)
-        log_prob = log_prob + lp
-        entropy = entropy + ent
-        std_sum = std_sum + std32.flatten(1).mean(1)
+        std = std.float()
+        log_prob = log_prob + gaussian_log_prob(x_next.float(), mean.float(), std)
+        entropy = entropy + gaussian_entropy(std)
+        std_sum = std_sum + std.flatten(1).mean(1)
     n = max(steps.shape[1], 1)
     return Chain(latents, steps, log_prob, entropy / n, std_sum / n)
 

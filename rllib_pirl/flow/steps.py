@@ -32,7 +32,7 @@ def time_grid(num_steps: int, device=None, dtype=torch.float32) -> torch.Tensor:
 
 def ode_step(x: torch.Tensor, v: torch.Tensor, t, dt) -> torch.Tensor:
     """Deterministic Euler step of the probability-flow ODE: x_{t−dt} = x_t − dt·v."""
-    return x - _like(dt, x) * v
+    return x - (_like(dt, x) if torch.is_tensor(dt) else dt) * v
 
 
 def sde_step(x: torch.Tensor, v: torch.Tensor, t, dt, noise_level: float):
@@ -44,14 +44,19 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, t, dt, noise_level: float):
 
     where a is ``noise_level`` and −(x + (1 − t)·v)/t is the score ∇log p_t(x)
     recovered from the velocity. With a = 0 this is :func:`ode_step`.
+    ``t`` may be a Python float (a rollout: one t for the batch; cheapest) or a
+    tensor of per-row times (the learner). ``dt`` is a float.
     """
-    t = _like(t, x)
-    dt = _like(dt, x)
-    t_sigma = torch.minimum(t, 1.0 - dt)  # the pole at t = 1
+    t_sigma = torch.clamp(t, max=1.0 - dt) if torch.is_tensor(t) else min(t, 1.0 - dt)  # the pole
     sigma2 = noise_level**2 * t_sigma / (1.0 - t_sigma)
-    mean = x - dt * (v + sigma2 / (2.0 * t) * (x + (1.0 - t) * v))
-    std = torch.sqrt(dt * sigma2).expand_as(mean)
-    return mean, std
+    c = sigma2 / (2.0 * t)
+    # mean = x·(1 − dt·c) − v·dt·(1 + c·(1 − t)), the formula above regrouped.
+    coef_x, coef_v, std = 1.0 - dt * c, dt * (1.0 + c * (1.0 - t)), (dt * sigma2) ** 0.5
+    if torch.is_tensor(t):
+        coef_x, coef_v, std = (_like(z, x) for z in (coef_x, coef_v, std))
+    else:
+        std = torch.tensor(std, dtype=x.dtype, device=x.device)
+    return x * coef_x - v * coef_v, std.expand_as(x)
 
 
 def flow_noise_step(x: torch.Tensor, v: torch.Tensor, t, dt, std: torch.Tensor):
