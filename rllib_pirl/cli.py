@@ -58,6 +58,41 @@ def config_dict_for_rllib(config: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
+def progress_callback(min_interval_s: float = 5.0):
+    """A Tune callback printing one line per trial result (at most every ``min_interval_s``
+    seconds per trial, always the first): iteration, policy steps (RLlib env steps: one per action chunk), return, success, KL."""
+    import time
+
+    from ray import tune
+
+    class ProgressLine(tune.Callback):
+        def __init__(self):
+            self.last = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            now = time.time()
+            if now - self.last.get(trial.trial_id, 0.0) < min_interval_s and result.get("training_iteration") != 1:
+                return
+            self.last[trial.trial_id] = now
+            runners = result.get("env_runners", {})
+            learner = result.get("learners", {}).get("default_policy", {})
+
+            def fmt(value, spec):
+                return format(value, spec) if isinstance(value, (int, float)) else "n/a"
+
+            print(
+                f"[{trial.trial_id}] iter {result.get('training_iteration')}"
+                f"  policy steps {fmt(runners.get('num_env_steps_sampled_lifetime'), '.0f')}"
+                f"  return {fmt(runners.get('episode_return_mean'), '.3f')}"
+                f"  success {fmt(runners.get('success_rate'), '.3f')}"
+                f"  kl {fmt(learner.get('approx_kl'), '.4f')}  clip {fmt(learner.get('clip_fraction'), '.3f')}"
+                f"  ({fmt(result.get('time_total_s'), '.0f')} s)",
+                flush=True,
+            )
+
+    return ProgressLine()
+
+
 def load_experiments(path: str) -> Dict[str, Dict[str, Any]]:
     """Parse a tuned-example yaml file and check its structure."""
     import yaml
@@ -204,15 +239,20 @@ def cmd_train_file(args) -> int:
                 storage_path=storage,
                 stop=stop,
                 checkpoint_config=checkpoint_config,
+                callbacks=[progress_callback()],
                 verbose=1,
             ),
         )
         results = tuner.fit()
         failed = [r for r in results if r.error]
         for r in results:
-            ret = (r.metrics or {}).get("env_runners", {}).get("episode_return_mean")
+            runners = (r.metrics or {}).get("env_runners", {})
             ckpt_path = r.checkpoint.path if r.checkpoint else None
-            print(f"   trial {r.path}: episode_return_mean={ret}, checkpoint={ckpt_path}", flush=True)
+            print(
+                f"   trial {r.path}: episode_return_mean={runners.get('episode_return_mean')}, "
+                f"success_rate={runners.get('success_rate')}, checkpoint={ckpt_path}",
+                flush=True,
+            )
         if failed:
             for r in failed:
                 print(f"   trial failed: {r.error}", file=sys.stderr)

@@ -51,6 +51,7 @@ def test_first_update_has_ratio_one_then_the_policy_moves(ray_session, name):
         assert learner["clip_fraction"] == 0.0
         assert learner["mean_abs_logp"] > 0
         assert result["env_runners"]["num_episodes"] > 0
+        assert 0.0 <= result["env_runners"]["success_rate"] <= 1.0
     finally:
         algo.stop()
     algo = tiny_config(CONFIGS[name], lr=3e-3, num_epochs=4).build_algo()

@@ -9,6 +9,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.from_config import NotProvided
 
+from rllib_pirl.callbacks import SuccessRateCallback
 from rllib_pirl.flow import LOGPROB_REDUCTIONS
 from rllib_pirl.rl_module import INFERENCE_X0
 
@@ -49,6 +50,7 @@ class FlowPPOConfig(PPOConfig):
         self.num_epochs = 4
         self.entropy_coeff = 0.0
         self.vf_loss_coeff = 1.0
+        self.callbacks_class = SuccessRateCallback  # env_runners/success_rate
 
     @override(PPOConfig)
     def training(
