@@ -5,8 +5,9 @@
 2. Learner: cost per sample of one forward + backward of the loss, Flow-SDE
    relative to Flow-Noise at K = 4. Target ≤ 0.4×.
 
-Timings are interleaved and the median of repeated rounds is reported, so that
-both sides of each ratio see the same machine load.
+Timings are interleaved: every round runs each side back to back, and a ratio is
+the median over rounds of the per-round ratio, so that both sides of it see the
+same machine load (the machines are shared and noisy).
 
     python benchmarks/flow_speed.py [--batch 64] [--rounds 30]
 """
@@ -48,13 +49,19 @@ def timed(fn, reps):
     return (time.perf_counter() - start) / reps
 
 
-def rounds_median(fns, rounds, reps):
-    """Median seconds per call of each fn, interleaving the fns in every round."""
+def interleaved(fns, rounds, reps):
+    """Seconds per call of each fn in every round (the fns run back to back in each
+    round, so a ratio taken within a round sees one machine load)."""
     samples = [[] for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):
             samples[i].append(timed(fn, reps))
-    return [statistics.median(s) for s in samples]
+    return samples
+
+
+def paired_ratio(num, den):
+    """Median over rounds of num/den, and the median times themselves."""
+    return statistics.median(a / b for a, b in zip(num, den)), statistics.median(num), statistics.median(den)
 
 
 def main():
@@ -65,27 +72,35 @@ def main():
     p.add_argument("--action-dim", type=int, default=7)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--K", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--reps", type=int, default=5)
     args = p.parse_args()
     torch.set_num_threads(1)
     shape = (args.obs_dim, args.chunk, args.action_dim, args.K, args.hidden)
     obs = torch.randn(args.batch, args.obs_dim)
     batch = {Columns.OBS: obs}
-    print(f"state flow policy: obs {args.obs_dim}, chunk {args.chunk} x {args.action_dim}, K={args.K}, "
-          f"MLP 3x{args.hidden}, batch {args.batch}, torch threads 1, {args.rounds} rounds")
+    print(
+        f"state flow policy: obs {args.obs_dim}, chunk {args.chunk} x {args.action_dim}, K={args.K}, "
+        f"MLP 3x{args.hidden}, batch {args.batch}, torch threads 1, {args.rounds} rounds"
+    )
 
     # 1. rollout forward: exploration (Flow-SDE and Flow-Noise) vs deterministic ODE.
     sde, noise = make_module("sde", *shape), make_module("noise", *shape)
     with torch.no_grad():
-        ode_t, sde_t, noise_t = rounds_median(
-            [lambda: sde.forward_inference(batch), lambda: sde.forward_exploration(batch),
-             lambda: noise.forward_exploration(batch)],
-            args.rounds, args.reps,
+        ode_s, sde_s, noise_s = interleaved(
+            [
+                lambda: sde.forward_inference(batch),
+                lambda: sde.forward_exploration(batch),
+                lambda: noise.forward_exploration(batch),
+            ],
+            args.rounds,
+            args.reps,
         )
+    r_sde, sde_t, ode_t = paired_ratio(sde_s, ode_s)
+    r_noise, noise_t, _ = paired_ratio(noise_s, ode_s)
     print(f"rollout forward  ODE (inference)        {ode_t * 1e3:8.3f} ms")
-    print(f"rollout forward  Flow-SDE exploration   {sde_t * 1e3:8.3f} ms   ratio {sde_t / ode_t:.3f}x  (target <= 1.1x)")
-    print(f"rollout forward  Flow-Noise exploration {noise_t * 1e3:8.3f} ms   ratio {noise_t / ode_t:.3f}x")
+    print(f"rollout forward  Flow-SDE exploration   {sde_t * 1e3:8.3f} ms   ratio {r_sde:.3f}x  (target <= 1.1x)")
+    print(f"rollout forward  Flow-Noise exploration {noise_t * 1e3:8.3f} ms   ratio {r_noise:.3f}x")
 
     # 2. learner: forward_train + values + loss + backward, per sample.
     def learner_step(module):
@@ -100,16 +115,18 @@ def main():
             module.zero_grad(set_to_none=True)
             fwd = module.forward_train(train)
             values = module.compute_values(train, embeddings=fwd[Columns.EMBEDDINGS])
-            loss = (-ppo_surrogate(fwd[LOGP] - out[LOGP], adv, 0.2)
-                    + clipped_huber_value_loss(values, old_v, target, 10.0, 0.2)).mean()
+            loss = (
+                -ppo_surrogate(fwd[LOGP] - out[LOGP], adv, 0.2)
+                + clipped_huber_value_loss(values, old_v, target, 10.0, 0.2)
+            ).mean()
             loss.backward()
 
         return step
 
-    sde_l, noise_l = rounds_median([learner_step(sde), learner_step(noise)], args.rounds, args.reps)
+    sde_s, noise_s = interleaved([learner_step(sde), learner_step(noise)], args.rounds, args.reps)
+    ratio, sde_l, noise_l = paired_ratio(sde_s, noise_s)
     print(f"learner per sample  Flow-Noise  {noise_l / args.batch * 1e6:8.2f} us")
-    print(f"learner per sample  Flow-SDE    {sde_l / args.batch * 1e6:8.2f} us   ratio {sde_l / noise_l:.3f}x  "
-          f"(target <= 0.4x)")
+    print(f"learner per sample  Flow-SDE    {sde_l / args.batch * 1e6:8.2f} us   ratio {ratio:.3f}x  (target <= 0.4x)")
 
 
 if __name__ == "__main__":

@@ -37,14 +37,26 @@ def run(example, iterations, eval_every, episodes, seed):
         for it in range(iterations + 1):
             if it % eval_every == 0:
                 res = evaluate(algo.get_module(), env, episodes, seed=10_000)
-                rows.append(dict(
-                    algorithm=spec["run"], iteration=it, policy_steps=steps, wall_s=round(time.time() - start, 1),
-                    mean_return=res.mean_return, return_lo=res.return_ci95[0], return_hi=res.return_ci95[1],
-                    success=res.success_rate, success_lo=res.success_ci95[0], success_hi=res.success_ci95[1],
-                ))
-                print(f"{spec['run']:9s} iter {it:4d}  policy steps {steps:8d}  return {res.mean_return:6.3f} "
-                      f"[{res.return_ci95[0]:.3f}, {res.return_ci95[1]:.3f}]  success {res.success_rate:.3f} "
-                      f"[{res.success_ci95[0]:.3f}, {res.success_ci95[1]:.3f}]", flush=True)
+                rows.append(
+                    {
+                        "algorithm": spec["run"],
+                        "iteration": it,
+                        "policy_steps": steps,
+                        "wall_s": round(time.time() - start, 1),
+                        "mean_return": res.mean_return,
+                        "return_lo": res.return_ci95[0],
+                        "return_hi": res.return_ci95[1],
+                        "success": res.success_rate,
+                        "success_lo": res.success_ci95[0],
+                        "success_hi": res.success_ci95[1],
+                    }
+                )
+                print(
+                    f"{spec['run']:9s} iter {it:4d}  policy steps {steps:8d}  return {res.mean_return:6.3f} "
+                    f"[{res.return_ci95[0]:.3f}, {res.return_ci95[1]:.3f}]  success {res.success_rate:.3f} "
+                    f"[{res.success_ci95[0]:.3f}, {res.success_ci95[1]:.3f}]",
+                    flush=True,
+                )
             if it < iterations:
                 steps = int(algo.train()["env_runners"]["num_env_steps_sampled_lifetime"])
     finally:

@@ -24,10 +24,16 @@ import json
 import os
 import pickle
 import sys
-from typing import Any, Dict
+from typing import Any
 
 EXPERIMENT_KEYS = ("env", "run", "stop", "config", "checkpoint_config")
-CHECKPOINT_KEYS = ("num_to_keep", "checkpoint_score_attribute", "checkpoint_score_order", "checkpoint_frequency", "checkpoint_at_end")
+CHECKPOINT_KEYS = (
+    "num_to_keep",
+    "checkpoint_score_attribute",
+    "checkpoint_score_order",
+    "checkpoint_frequency",
+    "checkpoint_at_end",
+)
 MODULE_CHECKPOINT = os.path.join("learner_group", "learner", "rl_module", "default_policy")
 
 
@@ -49,7 +55,7 @@ def _first_sample(value):
     return value
 
 
-def config_dict_for_rllib(config: Dict[str, Any]) -> Dict[str, Any]:
+def config_dict_for_rllib(config: dict[str, Any]) -> dict[str, Any]:
     """The yaml's config as ``AlgorithmConfig.update_from_dict`` takes it: the RLModule's
     ``model_config`` (a read-only property) is stored as ``_model_config``."""
     config = dict(config)
@@ -93,7 +99,7 @@ def progress_callback(min_interval_s: float = 5.0):
     return ProgressLine()
 
 
-def load_experiments(path: str) -> Dict[str, Dict[str, Any]]:
+def load_experiments(path: str) -> dict[str, dict[str, Any]]:
     """Parse a tuned-example yaml file and check its structure."""
     import yaml
 
@@ -129,9 +135,10 @@ def load_experiments(path: str) -> Dict[str, Dict[str, Any]]:
 
 def resolve_algorithm(run: str):
     """A registered algorithm name, or ``package.module:Class``."""
-    import rllib_pirl
     from ray.rllib.algorithms.algorithm import Algorithm
     from ray.rllib.algorithms.registry import ALGORITHMS as RLLIB_ALGORITHMS
+
+    import rllib_pirl
 
     if not isinstance(run, str):
         raise UsageError(f"run: must be a string, got {run!r}.")
@@ -172,7 +179,7 @@ def check_env(env) -> None:
     )
 
 
-def build_config(algo_cls, env, config: Dict[str, Any], name: str):
+def build_config(algo_cls, env, config: dict[str, Any], name: str):
     """The algorithm's config for ``config`` (search spaces at their first value),
     validated: unknown keys and invalid values stop here."""
     algo_config = algo_cls.get_default_config()
@@ -264,8 +271,9 @@ def cmd_train_file(args) -> int:
 
 def load_checkpoint(path: str):
     """``(module, algorithm config dict)`` from an Algorithm checkpoint folder."""
-    import rllib_pirl  # noqa: F401
     from ray.rllib.core.rl_module.rl_module import RLModule
+
+    import rllib_pirl  # noqa: F401
 
     path = os.path.abspath(os.path.expanduser(path))
     module_dir = os.path.join(path, MODULE_CHECKPOINT)
@@ -301,8 +309,11 @@ def cmd_evaluate(args) -> int:
         if i % every == 0 or i == args.episodes:
             print(f"  {i}/{args.episodes} episodes, mean return {result.mean_return:.3f}", flush=True)
 
-    print(f"Evaluating {args.checkpoint} on {config['env']} ({'stochastic' if args.explore else 'deterministic'} "
-          f"policy, seeds {args.seed}..{args.seed + args.episodes - 1})", flush=True)
+    print(
+        f"Evaluating {args.checkpoint} on {config['env']} ({'stochastic' if args.explore else 'deterministic'} "
+        f"policy, seeds {args.seed}..{args.seed + args.episodes - 1})",
+        flush=True,
+    )
     result = evaluate(
         module,
         env,

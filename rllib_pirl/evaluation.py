@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, List
 
 import gymnasium as gym
 import numpy as np
@@ -39,9 +39,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.96):
 
 @dataclass
 class EvalResult:
-    returns: List[float] = field(default_factory=list)
-    successes: List[bool] = field(default_factory=list)
-    lengths: List[int] = field(default_factory=list)
+    returns: list[float] = field(default_factory=list)
+    successes: list[bool] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
 
     @property
     def mean_return(self) -> float:

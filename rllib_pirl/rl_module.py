@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -49,7 +49,7 @@ def import_object(path: str):
     return getattr(importlib.import_module(module_name), name)
 
 
-def build_model(model_config: Dict[str, Any], observation_space, action_space):
+def build_model(model_config: dict[str, Any], observation_space, action_space):
     """Instantiate ``model_config["model_class"]`` for these spaces.
 
     A model class with a ``from_spaces`` classmethod builds itself; otherwise it gets
@@ -63,7 +63,7 @@ def build_model(model_config: Dict[str, Any], observation_space, action_space):
     if hasattr(cls, "from_spaces"):
         return cls.from_spaces(observation_space, action_space, **kwargs)
     if not isinstance(observation_space, gym.spaces.Box):
-        raise ValueError(
+        raise TypeError(
             f"{cls.__name__} needs a flat Box observation space, got {observation_space}. "
             "Use a model class for dict/image observations."
         )
@@ -134,7 +134,8 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         return reduce_log_prob(log_prob, self.action_chunk, self.env_action_dim, self.logprob_reduction)
 
     # -- forward passes -------------------------------------------------------------
-    def _forward_inference(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+    @torch.no_grad()
+    def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         context = self.model.encode(batch[Columns.OBS])
         b = _batch_size(batch[Columns.OBS])
         chain = sample_chain(
@@ -142,7 +143,8 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         )
         return {Columns.ACTIONS: self._crop(chain.actions)}
 
-    def _forward_exploration(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+    @torch.no_grad()
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         context = self.model.encode(batch[Columns.OBS])
         b = _batch_size(batch[Columns.OBS])
         chain = sample_chain(
@@ -157,7 +159,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
             LOGP: logp,
         }
 
-    def _forward_train(self, batch: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         context = self.model.encode(batch[Columns.OBS])
         chain = chain_log_prob(self._velocity_fn(context), batch[LATENTS], batch[STEPS], self.exploration())
         return {
@@ -167,7 +169,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
             NOISE_STD: chain.std,
         }
 
-    def compute_values(self, batch: Dict[str, Any], embeddings: Any = None):
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None):
         if embeddings is None:
             embeddings = self.model.encode(batch[Columns.OBS])
         return self.model.value(embeddings).float()

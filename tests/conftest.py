@@ -22,7 +22,14 @@ def tiny_config(config_cls, **training):
     """A small, fast configuration of either algorithm on PointReach (local sampling)."""
     import rllib_pirl  # noqa: F401
 
-    settings = dict(action_chunk=4, lr=3e-4, value_lr=1e-3, train_batch_size_per_learner=128, minibatch_size=64, num_epochs=1)
+    settings = {
+        "action_chunk": 4,
+        "lr": 3e-4,
+        "value_lr": 1e-3,
+        "train_batch_size_per_learner": 128,
+        "minibatch_size": 64,
+        "num_epochs": 1,
+    }
     settings.update(training)
     return (
         config_cls()

@@ -16,7 +16,7 @@ EXAMPLE = os.path.join(REPO, "tuned_examples", "flow_sde_point_reach.yaml")
 def rllib(*args, cwd=None, timeout=600):
     exe = os.path.join(os.path.dirname(sys.executable), "rllib")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "rllib_pirl.cli"]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(cmd + list(args), check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def test_help_explains_both_commands():
@@ -67,8 +67,14 @@ exp:
     "text, message",
     [
         ("exp: [unclosed", "Malformed yaml"),
-        (GOOD.replace("run: FlowSDE", "run: FlowSDF") % "", "unknown algorithm 'FlowSDF'.*FlowSDE, FlowNoise.*Did you mean 'FlowSDE'"),
-        (GOOD.replace("env: PointReach", "env: PointRech") % "", "unknown env 'PointRech'.*ChunkedGym, PointReach.*Did you mean 'PointReach'"),
+        (
+            GOOD.replace("run: FlowSDE", "run: FlowSDF") % "",
+            "unknown algorithm 'FlowSDF'.*FlowSDE, FlowNoise.*Did you mean 'FlowSDE'",
+        ),
+        (
+            GOOD.replace("env: PointReach", "env: PointRech") % "",
+            "unknown env 'PointRech'.*ChunkedGym, PointReach.*Did you mean 'PointReach'",
+        ),
         (GOOD % "noise_levle: 0.3", "no key 'noise_levle'.*Did you mean 'noise_level'"),
         (GOOD % "noise_level: -0.5", "noise_level must be a number >= 0"),
         (GOOD % "noise_std_range: [0.3, 0.1]", "0 < min <= max, got min=0.3, max=0.1"),

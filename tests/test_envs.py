@@ -65,7 +65,7 @@ def test_point_reach_rewards_progress_and_succeeds_at_the_goal():
     total, done, steps = 0.0, False, 0
     start = np.linalg.norm(obs[2:])
     while not done:
-        obs, reward, done, truncated, info = env.step(np.clip(obs[2:] / 0.1, -1, 1))
+        obs, reward, done, _truncated, info = env.step(np.clip(obs[2:] / 0.1, -1, 1))
         total += reward
         steps += 1
         assert steps < 100

@@ -71,8 +71,12 @@ def test_model_may_predict_more_than_the_env_uses():
             return cls(obs_dim=observation_space.shape[0], horizon=8, action_dim=5, **kw)
 
     model_config = {
-        "model_class": Padded, "num_denoise_steps": 3, "action_chunk": 3, "exploration": "noise",
-        "logprob_reduction": "per_element", "model_kwargs": {"hidden_sizes": (16, 16)},
+        "model_class": Padded,
+        "num_denoise_steps": 3,
+        "action_chunk": 3,
+        "exploration": "noise",
+        "logprob_reduction": "per_element",
+        "model_kwargs": {"hidden_sizes": (16, 16)},
     }
     module = FlowRLModule(observation_space=OBS, action_space=ACT, model_config=model_config)
     out = module.forward_exploration({Columns.OBS: torch.randn(4, 6)})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -15,7 +16,7 @@ from rllib_pirl.rl_module import INFERENCE_X0
 
 #: The πRL fields, their defaults (the paper's π0-ManiSkill Flow-Noise settings where
 #: it has one) and what they mean. Documented again in README.md.
-FLOW_FIELDS: Dict[str, Any] = {
+FLOW_FIELDS: dict[str, Any] = {
     "num_denoise_steps": 4,  # K: denoising steps per action chunk
     "noise_level": 0.5,  # Flow-SDE noise level a (σ_t = a·sqrt(t/(1−t)))
     "noise_std_range": (0.08, 0.16),  # Flow-Noise: bounds of the learned std
@@ -56,32 +57,32 @@ class FlowPPOConfig(PPOConfig):
     def training(
         self,
         *,
-        num_denoise_steps: Optional[int] = NotProvided,
-        noise_level: Optional[float] = NotProvided,
-        noise_std_range: Optional[Sequence[float]] = NotProvided,
-        action_chunk: Optional[int] = NotProvided,
-        logprob_reduction: Optional[str] = NotProvided,
-        value_lr: Optional[float] = NotProvided,
-        weight_decay: Optional[float] = NotProvided,
-        vf_huber_delta: Optional[float] = NotProvided,
-        value_clip_param: Optional[float] = NotProvided,
-        inference_x0: Optional[str] = NotProvided,
+        num_denoise_steps: int | None = NotProvided,
+        noise_level: float | None = NotProvided,
+        noise_std_range: Sequence[float] | None = NotProvided,
+        action_chunk: int | None = NotProvided,
+        logprob_reduction: str | None = NotProvided,
+        value_lr: float | None = NotProvided,
+        weight_decay: float | None = NotProvided,
+        vf_huber_delta: float | None = NotProvided,
+        value_clip_param: float | None = NotProvided,
+        inference_x0: str | None = NotProvided,
         **kwargs,
-    ) -> "FlowPPOConfig":
+    ) -> FlowPPOConfig:
         """PPO's ``training()`` plus the πRL fields (see ``FLOW_FIELDS``)."""
         super().training(**kwargs)
-        given = dict(
-            num_denoise_steps=num_denoise_steps,
-            noise_level=noise_level,
-            noise_std_range=noise_std_range,
-            action_chunk=action_chunk,
-            logprob_reduction=logprob_reduction,
-            value_lr=value_lr,
-            weight_decay=weight_decay,
-            vf_huber_delta=vf_huber_delta,
-            value_clip_param=value_clip_param,
-            inference_x0=inference_x0,
-        )
+        given = {
+            "num_denoise_steps": num_denoise_steps,
+            "noise_level": noise_level,
+            "noise_std_range": noise_std_range,
+            "action_chunk": action_chunk,
+            "logprob_reduction": logprob_reduction,
+            "value_lr": value_lr,
+            "weight_decay": weight_decay,
+            "vf_huber_delta": vf_huber_delta,
+            "value_clip_param": value_clip_param,
+            "inference_x0": inference_x0,
+        }
         for key, value in given.items():
             if value is not NotProvided:
                 setattr(self, key, value)
@@ -117,7 +118,7 @@ class FlowPPOConfig(PPOConfig):
 
     @property
     @override(PPOConfig)
-    def _model_config_auto_includes(self) -> Dict[str, Any]:
+    def _model_config_auto_includes(self) -> dict[str, Any]:
         return super()._model_config_auto_includes | {
             "num_denoise_steps": self.num_denoise_steps,
             "noise_level": self.noise_level,
@@ -146,9 +147,7 @@ def flow_config_errors(config) -> list:
     if not isinstance(c, int) or isinstance(c, bool) or c < 1:
         errors.append(f"action_chunk must be an integer >= 1, got {c!r}.")
     if config.logprob_reduction not in LOGPROB_REDUCTIONS:
-        errors.append(
-            f"logprob_reduction must be one of {LOGPROB_REDUCTIONS}, got {config.logprob_reduction!r}."
-        )
+        errors.append(f"logprob_reduction must be one of {LOGPROB_REDUCTIONS}, got {config.logprob_reduction!r}.")
     if config.inference_x0 not in INFERENCE_X0:
         errors.append(f"inference_x0 must be one of {INFERENCE_X0}, got {config.inference_x0!r}.")
     for name in ("vf_huber_delta", "value_clip_param"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import torch
 from ray.rllib.algorithms.ppo.ppo import (
@@ -14,8 +14,8 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import explained_variance
@@ -90,7 +90,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
 
     @override(PPOTorchLearner)
     def compute_loss_for_module(
-        self, *, module_id, config, batch: Dict[str, Any], fwd_out: Dict[str, Any]
+        self, *, module_id, config, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> torch.Tensor:
         module = self.module[module_id].unwrapped()
         if Columns.LOSS_MASK in batch:

@@ -31,4 +31,4 @@ def make_point_reach(env_config) -> gym.Env:
 #: The env names that importing rllib_pirl registers with Ray Tune / RLlib.
 ENV_CREATORS = {"ChunkedGym": make_chunked_gym_env, "PointReach": make_point_reach}
 
-__all__ = ["ActionChunkWrapper", "ENV_CREATORS", "PointReachEnv", "make_chunked_gym_env", "make_point_reach"]
+__all__ = ["ENV_CREATORS", "ActionChunkWrapper", "PointReachEnv", "make_chunked_gym_env", "make_point_reach"]

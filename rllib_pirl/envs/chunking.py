@@ -23,9 +23,7 @@ class ActionChunkWrapper(gym.Wrapper):
             raise ValueError(f"action_chunk must be an integer >= 1, got {chunk!r}")
         max_steps = getattr(env.spec, "max_episode_steps", None) if env.spec else None
         if max_steps is not None and chunk > max_steps:
-            raise ValueError(
-                f"action_chunk={chunk} is longer than the episode limit ({max_steps} steps)."
-            )
+            raise ValueError(f"action_chunk={chunk} is longer than the episode limit ({max_steps} steps).")
         self.chunk = chunk
         self.action_space = gym.spaces.Box(
             low=np.broadcast_to(space.low, (chunk,) + space.shape).astype(space.dtype),
@@ -36,9 +34,7 @@ class ActionChunkWrapper(gym.Wrapper):
     def step(self, action):
         action = np.asarray(action)
         if action.shape != self.action_space.shape:
-            raise ValueError(
-                f"Expected an action chunk of shape {self.action_space.shape}, got {action.shape}."
-            )
+            raise ValueError(f"Expected an action chunk of shape {self.action_space.shape}, got {action.shape}.")
         total, success = 0.0, False
         for i in range(self.chunk):
             obs, reward, terminated, truncated, info = self.env.step(action[i])

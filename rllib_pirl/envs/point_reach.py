@@ -9,12 +9,14 @@ decrease of the distance to the goal each step, plus ``success_bonus`` when with
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import gymnasium as gym
 import numpy as np
 
 
 class PointReachEnv(gym.Env):
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(self, speed: float = 0.1, goal_radius: float = 0.1, success_bonus: float = 1.0):
         self.speed, self.goal_radius, self.success_bonus = speed, goal_radius, success_bonus

@@ -12,8 +12,8 @@ shape (B, H, D) and ``t`` of shape (B,); ``hidden`` feeds Flow-Noise's noise hea
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -26,7 +26,7 @@ from rllib_pirl.flow.steps import (
     time_grid,
 )
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LOGPROB_REDUCTIONS = ("sum", "per_element")
 
 
@@ -41,7 +41,7 @@ class Exploration(abc.ABC):
         """Indices k of the stochastic transitions x_k → x_{k+1} of one rollout call."""
 
     @abc.abstractmethod
-    def transition(self, x, v, hidden, t, dt) -> Tuple[torch.Tensor, torch.Tensor]:
+    def transition(self, x, v, hidden, t, dt) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, std)`` of x_{k+1} given x_k, its velocity and hidden state."""
 
 
@@ -82,8 +82,8 @@ class Chain:
     steps: torch.Tensor  # (B, S) long: the stochastic transitions k (x_k → x_{k+1})
     log_prob: torch.Tensor  # (B, H, D) fp32: Σ over stochastic steps (+ prior)
     # Set by chain_log_prob (the learner) only:
-    entropy: Optional[torch.Tensor] = None  # (B, H, D) fp32: mean step entropy ½·log(2πe·std²)
-    std: Optional[torch.Tensor] = None  # (B,) fp32: mean std of the stochastic steps
+    entropy: torch.Tensor | None = None  # (B, H, D) fp32: mean step entropy ½·log(2πe·std²)
+    std: torch.Tensor | None = None  # (B,) fp32: mean std of the stochastic steps
 
     @property
     def actions(self) -> torch.Tensor:
@@ -99,8 +99,8 @@ def sample_chain(
     velocity_fn: VelocityFn,
     x0: torch.Tensor,
     num_steps: int,
-    exploration: Optional[Exploration] = None,
-    generator: Optional[torch.Generator] = None,
+    exploration: Exploration | None = None,
+    generator: torch.Generator | None = None,
 ) -> Chain:
     """Run the K denoising steps from ``x0`` (B, H, D).
 
@@ -176,9 +176,7 @@ def chain_log_prob(
     return Chain(latents, steps, log_prob, entropy / n, std_sum / n)
 
 
-def reduce_log_prob(
-    log_prob: torch.Tensor, action_chunk: int, action_dim: int, reduction: str
-) -> torch.Tensor:
+def reduce_log_prob(log_prob: torch.Tensor, action_chunk: int, action_dim: int, reduction: str) -> torch.Tensor:
     """(B, H, D) elementwise log-probs → (B, N) log-probs of the PPO ratios.
 
     Only the first ``action_chunk`` steps and the first ``action_dim`` (real) action
@@ -190,6 +188,4 @@ def reduce_log_prob(
         return real.sum(dim=1, keepdim=True)
     if reduction == "per_element":
         return real
-    raise ValueError(
-        f"Unknown logprob_reduction {reduction!r}; choose one of {LOGPROB_REDUCTIONS}."
-    )
+    raise ValueError(f"Unknown logprob_reduction {reduction!r}; choose one of {LOGPROB_REDUCTIONS}.")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterable, Tuple
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ class FlowActionModel(nn.Module, abc.ABC):
         a prefix KV cache). Runs once per observation, whatever K is."""
 
     @abc.abstractmethod
-    def velocity(self, context: Any, x_t: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def velocity(self, context: Any, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(v, hidden)``: velocity v(x_t, t | obs) ≈ ε − a and the hidden state that
         feeds the noise head."""
 
