@@ -280,14 +280,35 @@ def load_checkpoint(path: str):
     ctor = os.path.join(path, "class_and_ctor_args.pkl")
     if not (os.path.isdir(module_dir) and os.path.isfile(ctor)):
         raise UsageError(
-            f"{path} is not an RLlib algorithm checkpoint (expected {MODULE_CHECKPOINT}/ and "
-            "class_and_ctor_args.pkl); pass a trial's checkpoint_00000N folder."
+            f"{path} is neither an RLlib algorithm checkpoint (expected {MODULE_CHECKPOINT}/ and "
+            "class_and_ctor_args.pkl; pass a trial's checkpoint_00000N folder) nor a model checkpoint "
+            "(config.json and model.safetensors, from `rllib sft`)."
         )
     with open(ctor, "rb") as f:
         config = pickle.load(f)["ctor_args_and_kwargs"][0][0]
     module = RLModule.from_checkpoint(module_dir)
     module.eval()
     return module, config
+
+
+def module_for_model(path: str, env, num_denoise_steps: int):
+    """A deterministic FlowRLModule around a model checkpoint (e.g. from `rllib sft`)."""
+    from rllib_pirl.rl_module import FlowRLModule
+
+    space = env.action_space
+    module = FlowRLModule(
+        observation_space=env.observation_space,
+        action_space=space,
+        model_config={"init_checkpoint": path, "num_denoise_steps": num_denoise_steps, "action_chunk": space.shape[0]},
+    )
+    module.eval()
+    return module
+
+
+def is_model_checkpoint(path: str) -> bool:
+    from rllib_pirl.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, WEIGHTS_FILE))
 
 
 def cmd_evaluate(args) -> int:
@@ -298,16 +319,34 @@ def cmd_evaluate(args) -> int:
     if args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}.")
     torch.set_num_threads(1)
-    module, config = load_checkpoint(args.checkpoint)
-    env_config = dict(config.get("env_config") or {})
+    overrides = {}
     if args.env_config:
-        env_config.update(json.loads(args.env_config))
-    env = env_creator_for(config["env"])(env_config)
+        try:
+            overrides = json.loads(args.env_config)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--env-config must be a JSON object: {e}") from None
+    if is_model_checkpoint(args.checkpoint):
+        if not args.env:
+            raise UsageError("A model checkpoint needs --env (and usually --env-config) to evaluate on.")
+        import rllib_pirl  # noqa: F401
+
+        check_env(args.env)
+        config = {"env": args.env, "env_config": overrides, "normalize_actions": True, "clip_actions": False}
+        env = env_creator_for(args.env)(dict(overrides))
+        module = module_for_model(args.checkpoint, env, args.num_denoise_steps)
+    else:
+        module, config = load_checkpoint(args.checkpoint)
+        env_config = dict(config.get("env_config") or {}, **overrides)
+        env = env_creator_for(args.env or config["env"])(env_config)
     every = max(1, args.episodes // 10)
 
     def progress(i, result):
         if i % every == 0 or i == args.episodes:
-            print(f"  {i}/{args.episodes} episodes, mean return {result.mean_return:.3f}", flush=True)
+            print(
+                f"  {i}/{args.episodes} episodes, mean return {result.mean_return:.3f}, "
+                f"success {result.success_rate:.3f}",
+                flush=True,
+            )
 
     print(
         f"Evaluating {args.checkpoint} on {config['env']} ({'stochastic' if args.explore else 'deterministic'} "
@@ -329,6 +368,53 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_demos(args) -> int:
+    from rllib_pirl.demos import generate_demos
+    from rllib_pirl.envs.maniskill import SUITE
+
+    tasks = SUITE if args.task == ["suite"] else args.task
+    for task in tasks:
+        try:
+            generate_demos(task, args.num, args.out, num_procs=args.num_procs)
+        except (ValueError, RuntimeError) as e:
+            raise UsageError(str(e)) from None
+    return 0
+
+
+def cmd_sft(args) -> int:
+    import torch
+
+    from rllib_pirl.demos import load_demos
+    from rllib_pirl.sft import demo_counts, tasks_of, train_sft
+
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        demos = load_demos(args.demos, limit_per_task=args.num_demos)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    tasks = args.tasks.split(",") if args.tasks else tasks_of(demos)
+    missing = [t for t in tasks if t not in demo_counts(demos)]
+    if missing:
+        raise UsageError(f"No demos of {missing} under {args.demos}; found {demo_counts(demos)}.")
+    demos = [d for d in demos if d.task in tasks]
+    hidden = [int(h) for h in args.hidden.split(",")]
+    command = "rllib sft " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "rllib sft"
+    train_sft(
+        demos,
+        tasks,
+        args.out,
+        chunk=args.chunk,
+        state_dim=args.state_dim,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        hidden_sizes=hidden,
+        seed=args.seed,
+        metadata={"command": command, "demo_counts": demo_counts(demos)},
+    )
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rllib",
@@ -339,6 +425,8 @@ def make_parser() -> argparse.ArgumentParser:
         "  rllib train file tuned_examples/flow_sde_point_reach.yaml --stop '{\"training_iteration\": 5}' "
         "--storage-path /tmp/runs\n"
         "  rllib evaluate /tmp/runs/flow-sde-point-reach/<trial>/checkpoint_000000 --episodes 200\n"
+        "  rllib demos --task PickCube-v1 --num 50 --out demos\n"
+        "  rllib sft --demos demos --out checkpoints/pickcube_sft --num-demos 50\n"
         "'rllib train file --help' and 'rllib evaluate --help' say more.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -366,8 +454,41 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, default=100, help="number of episodes (default 100)")
     ev.add_argument("--seed", type=int, default=0, help="episode i resets with seed SEED + i (default 0)")
     ev.add_argument("--explore", action="store_true", help="use the stochastic exploration policy instead")
-    ev.add_argument("--env-config", help="JSON overrides of the env_config stored in the checkpoint")
+    ev.add_argument("--env-config", help="JSON env_config (overrides the one stored in an algorithm checkpoint)")
+    ev.add_argument("--env", help="env name (required for a model checkpoint from `rllib sft`)")
+    ev.add_argument("--num-denoise-steps", type=int, default=4, help="K for a model checkpoint (default 4)")
     ev.set_defaults(func=cmd_evaluate)
+    de = sub.add_parser(
+        "demos",
+        help="make ManiSkill expert demos (motion planning, converted to end-effector control)",
+        description="Generate N successful expert demos per ManiSkill task offline with ManiSkill's motion-planning "
+        "solutions, converted by ManiSkill's replay tool to pd_ee_delta_pos control with state observations "
+        "(ManiSkill's .h5/.json trajectory format, under OUT/TASK/motionplanning/).",
+    )
+    de.add_argument("--task", action="append", required=True, help="task id (repeatable), or 'suite'")
+    de.add_argument("--num", type=int, default=50, help="successful demos per task (default 50)")
+    de.add_argument("--out", default="demos", help="output folder (default demos/)")
+    de.add_argument("--num-procs", type=int, default=2, help="motion-planning processes (default 2)")
+    de.set_defaults(func=cmd_demos)
+    sf = sub.add_parser(
+        "sft",
+        help="few-shot SFT: flow-matching behaviour cloning on demos",
+        description="Train a state flow policy by flow matching on demos and write a model checkpoint folder that a "
+        "yaml names as the RL starting point (model_config: {init_checkpoint: OUT}).",
+    )
+    sf.add_argument("--demos", nargs="+", required=True, help="demo .h5 files or folders (from `rllib demos`)")
+    sf.add_argument("--out", required=True, help="checkpoint folder to write")
+    sf.add_argument("--tasks", help="comma-separated task order (= the env's tasks); default: the demos' tasks")
+    sf.add_argument("--num-demos", type=int, help="use at most this many demos per task")
+    sf.add_argument("--chunk", type=int, default=5, help="action chunk H (default 5)")
+    sf.add_argument("--state-dim", type=int, help="pad states to this size (the env's, for suites)")
+    sf.add_argument("--steps", type=int, default=20000, help="gradient steps (default 20000)")
+    sf.add_argument("--batch-size", type=int, default=256)
+    sf.add_argument("--lr", type=float, default=3e-4)
+    sf.add_argument("--hidden", default="256,256,256", help="velocity MLP widths (default 256,256,256)")
+    sf.add_argument("--seed", type=int, default=0)
+    sf.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    sf.set_defaults(func=cmd_sft)
     return parser
 
 

@@ -62,15 +62,28 @@ class EvalResult:
     def success_ci95(self):
         return wilson_interval(int(np.sum(self.successes)), len(self.successes))
 
+    def per_task(self):
+        """{task: (episodes, success rate, 95% interval)} when the env reports tasks."""
+        out = {}
+        for task in sorted({t for t in self.tasks if t}):
+            wins = [s for s, t in zip(self.successes, self.tasks) if t == task]
+            out[task] = (len(wins), float(np.mean(wins)), wilson_interval(int(np.sum(wins)), len(wins)))
+        return out
+
     def summary(self) -> str:
         lo, hi = self.return_ci95
         slo, shi = self.success_ci95
-        return (
-            f"episodes: {len(self.returns)}\n"
-            f"mean return: {self.mean_return:.4f}  (95% CI {lo:.4f} .. {hi:.4f})\n"
-            f"success rate: {self.success_rate:.4f}  (95% CI {slo:.4f} .. {shi:.4f})\n"
-            f"mean episode length: {np.mean(self.lengths):.1f} policy steps"
-        )
+        lines = [
+            f"episodes: {len(self.returns)}",
+            f"mean return: {self.mean_return:.4f}  (95% CI {lo:.4f} .. {hi:.4f})",
+            f"success rate: {self.success_rate:.4f}  (95% CI {slo:.4f} .. {shi:.4f})",
+            f"mean episode length: {np.mean(self.lengths):.1f} policy steps",
+        ]
+        per_task = self.per_task()
+        if len(per_task) > 1:
+            for task, (n, rate, (tlo, thi)) in per_task.items():
+                lines.append(f"  {task}: success {rate:.4f}  (95% CI {tlo:.4f} .. {thi:.4f}, {n} episodes)")
+        return "\n".join(lines)
 
 
 @torch.no_grad()
@@ -110,6 +123,7 @@ def evaluate(
         result.returns.append(total)
         result.successes.append(success)
         result.lengths.append(steps)
+        result.tasks.append(info.get("task", ""))
         if progress is not None:
             progress(i + 1, result)
     return result

@@ -50,11 +50,17 @@ def import_object(path: str):
 
 
 def build_model(model_config: dict[str, Any], observation_space, action_space):
-    """Instantiate ``model_config["model_class"]`` for these spaces.
+    """Instantiate ``model_config["model_class"]`` for these spaces, then load
+    ``model_config["init_checkpoint"]`` (an SFT checkpoint folder) when given.
 
     A model class with a ``from_spaces`` classmethod builds itself; otherwise it gets
     ``obs_dim``, ``horizon`` (= the chunk), ``action_dim`` and ``model_kwargs``.
     """
+    from rllib_pirl.models.checkpoint import load_model
+
+    init = model_config.get("init_checkpoint")
+    if init:
+        return load_model(init, observation_space, action_space, model_config.get("noise_std_range"))
     cls = model_config.get("model_class", DEFAULT_MODEL)
     if isinstance(cls, str):
         cls = import_object(cls)
@@ -130,6 +136,9 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
     def _crop(self, x):
         return x[:, : self.action_chunk, : self.env_action_dim]
 
+    def _env_actions(self, chain):
+        return self._crop(self.model.unnormalize_actions(chain.actions))
+
     def _reduce(self, log_prob):
         return reduce_log_prob(log_prob, self.action_chunk, self.env_action_dim, self.logprob_reduction)
 
@@ -141,7 +150,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         chain = sample_chain(
             self._velocity_fn(context), self._x0(b, self.inference_x0 == "zeros"), self.num_denoise_steps
         )
-        return {Columns.ACTIONS: self._crop(chain.actions)}
+        return {Columns.ACTIONS: self._env_actions(chain)}
 
     @torch.no_grad()
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -152,7 +161,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         )
         logp = self._reduce(chain.log_prob)
         return {
-            Columns.ACTIONS: self._crop(chain.actions),
+            Columns.ACTIONS: self._env_actions(chain),
             Columns.ACTION_LOGP: logp.sum(dim=1),
             LATENTS: chain.latents,
             STEPS: chain.steps,

@@ -67,6 +67,6 @@ ENV
   log "lavapipe unpacked into $DEST"
 fi
 
-log "installing mani-skill and numpy<2"
-python3 -m pip install -q "mani-skill==3.0.1" "numpy<2" "pandas<3" "pyarrow<22"
+log "installing rllib_pirl[maniskill] (mani-skill, numpy<2)"
+python3 -m pip install -q -e "$ROOT[maniskill]"
 log "done: source $DEST/env.sh before running ManiSkill"

@@ -93,6 +93,11 @@ class FlowPPOConfig(PPOConfig):
         super().validate()
         for message in flow_config_errors(self):
             self._value_error(message)
+        from rllib_pirl.envs import VECTOR_ENVS
+
+        if self.env in VECTOR_ENVS and self.gym_env_vectorize_mode != "vector_entry_point" and not self._is_frozen:
+            # The env makes its own vector env (one simulator per process).
+            self.gym_env_vectorize_mode = "vector_entry_point"
         chunk = self.env_config.get("action_chunk")
         if chunk is None and not self._is_frozen:
             # The env executes the chunks: it gets their length from the config.

@@ -28,7 +28,18 @@ def make_point_reach(env_config) -> gym.Env:
     return make_chunked_gym_env({"id": "rllib_pirl/PointReach-v0", "action_chunk": chunk, "kwargs": config})
 
 
+def make_maniskill(env_config) -> gym.Env:
+    """Env creator of the registered ``ManiSkill`` env (see :mod:`rllib_pirl.envs.maniskill`;
+    imported only when used)."""
+    from rllib_pirl.envs.maniskill import make_maniskill_env
+
+    return make_maniskill_env(env_config)
+
+
 #: The env names that importing rllib_pirl registers with Ray Tune / RLlib.
-ENV_CREATORS = {"ChunkedGym": make_chunked_gym_env, "PointReach": make_point_reach}
+ENV_CREATORS = {"ChunkedGym": make_chunked_gym_env, "PointReach": make_point_reach, "ManiSkill": make_maniskill}
+#: Envs that build their own vector env from ``env_config["num_envs"]`` (one simulator
+#: per worker process): the algorithm config sets ``gym_env_vectorize_mode`` for them.
+VECTOR_ENVS = ("ManiSkill",)
 
 __all__ = ["ENV_CREATORS", "ActionChunkWrapper", "PointReachEnv", "make_chunked_gym_env", "make_point_reach"]

@@ -43,9 +43,19 @@ class FlowActionModel(nn.Module, abc.ABC):
     def value_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters of the value head (trained with their own learning rate)."""
 
+    def unnormalize_actions(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoised latents (the normalised action space the flow lives in) → env actions.
+        Identity unless the model carries action statistics."""
+        return x
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`unnormalize_actions` (for training on demonstrations)."""
+        return actions
+
     def flow_matching_loss(self, obs: Any, actions: torch.Tensor) -> torch.Tensor:
         """Conditional flow-matching loss E‖v(x_t, t) − (ε − a)‖², x_t = t·ε + (1 − t)·a,
-        t ~ U(0, 1) (behaviour cloning / SFT)."""
+        t ~ U(0, 1) (behaviour cloning / SFT); ``actions`` are env actions, normalised here."""
+        actions = self.normalize_actions(actions)
         context = self.encode(obs)
         noise = torch.randn_like(actions)
         t = torch.rand(actions.shape[0], device=actions.device, dtype=actions.dtype)

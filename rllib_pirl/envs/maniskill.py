@@ -1,0 +1,361 @@
+"""ManiSkill3 tasks as chunked, RLlib-ready environments.
+
+One task env (:class:`ManiSkillTaskEnv`) wraps a ManiSkill CPU-simulation env:
+numpy observations in the format below, the chosen reward, success ends the
+episode. :func:`make_maniskill_env` (registered as ``ManiSkill``) builds a chunked
+single env, or — when RLlib asks for ``num_envs`` (``gym_env_vectorize_mode=
+"vector_entry_point"``) — a vector env of them, one simulator per worker process
+(the CPU backend allows one env per process), with gymnasium's next-step autoreset
+that RLlib assumes. A suite of several tasks is mixed inside one vector env.
+
+Observations:
+- ``obs_mode="state"``: a Dict ``{"state": Box(state_dim), "task_id": Box(int64, (1,))}``
+  (the privileged state, zero-padded to the largest state of the suite);
+- ``"rgb"``: ``{"state": proprioception, "base_camera": uint8 (S, S, 3),
+  "hand_camera": uint8 (S, S, 3), "task_id"}``; ``"state+rgb"``: the privileged state
+  and both cameras.
+``task_id`` indexes ``instructions`` (env attribute and ``info``): instructions
+travel as integer ids, never as strings in the observation.
+
+Reward modes: ``"pirl"`` (the paper's: potential Φ = 0.1·grasped + 0.1·grasp held
+for ≥ 2 steps + 1.0·success, paid as increments Φ_t − Φ_{t−1}), ``"sparse"``
+(1 on success) and ``"dense"`` (ManiSkill's normalized dense reward).
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from rllib_pirl.envs.chunking import ActionChunkWrapper
+
+#: The offline tasks of the suite (robot assets ship in the wheel; motion-planning
+#: solutions exist for all but RollBall), each with a natural-language instruction.
+TASK_INSTRUCTIONS: dict[str, str] = {
+    "PickCube-v1": "pick up the red cube and move it to the green goal",
+    "PushCube-v1": "push the cube to the red and white target",
+    "PullCube-v1": "pull the cube back to the red and white target",
+    "StackCube-v1": "stack the red cube on top of the green cube",
+    "PlaceSphere-v1": "place the blue ball into the bin",
+    "LiftPegUpright-v1": "lift the peg and stand it upright",
+    "PegInsertionSide-v1": "insert the peg into the hole on the side of the box",
+    "PullCubeTool-v1": "use the tool to pull the cube closer",
+    "StackPyramid-v1": "stack the three cubes into a pyramid",
+    "PlugCharger-v1": "plug the charger into the receptacle",
+}
+#: The default multi-task suite.
+SUITE: list[str] = [
+    "PickCube-v1",
+    "PushCube-v1",
+    "PullCube-v1",
+    "StackCube-v1",
+    "PlaceSphere-v1",
+    "LiftPegUpright-v1",
+]
+OBS_MODES = ("state", "rgb", "state+rgb")
+REWARD_MODES = ("pirl", "sparse", "dense")
+BACKENDS = ("auto", "cpu", "gpu")
+CAMERAS = ("base_camera", "hand_camera")
+VULKAN_HINT = (
+    "No usable Vulkan device for ManiSkill/SAPIEN. On a CPU machine run "
+    "`bash scripts/setup_maniskill.sh` and `source .vulkan/env.sh` (Mesa 25 lavapipe); "
+    "on a GPU machine install the NVIDIA Vulkan driver."
+)
+
+
+class ManiSkillSetupError(RuntimeError):
+    """ManiSkill cannot run here (missing assets, no Vulkan device, …)."""
+
+
+@dataclass
+class ManiSkillConfig:
+    """Settings of a ManiSkill env (keys of ``env_config``)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["PickCube-v1"])
+    obs_mode: str = "state"
+    camera_size: int = 64
+    control_mode: str = "pd_ee_delta_pos"
+    action_chunk: int = 5
+    max_episode_steps: int = 100
+    reward_mode: str = "pirl"
+    instructions: list[str] | None = None  # default: TASK_INSTRUCTIONS
+    seed: int = 0
+    backend: str = "auto"
+    state_dim: int | None = None  # default: the largest state of the tasks
+
+    @classmethod
+    def from_env_config(cls, env_config) -> ManiSkillConfig:
+        config = dict(env_config or {})
+        config.pop("num_envs", None)
+        if "task" in config:
+            if "tasks" in config:
+                raise ValueError("Give either env_config.task or env_config.tasks, not both.")
+            config["tasks"] = [config.pop("task")]
+        if config.get("tasks") == "suite":
+            config["tasks"] = list(SUITE)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(config) - known - {"task"})
+        if unknown:
+            raise ValueError(f"Unknown ManiSkill env_config key(s) {unknown}; valid: task, {', '.join(sorted(known))}.")
+        self = cls(**config)
+        self.validate()
+        return self
+
+    def validate(self) -> None:
+        if isinstance(self.tasks, str):
+            self.tasks = [self.tasks]
+        if not self.tasks:
+            raise ValueError("env_config.tasks is empty.")
+        for task in self.tasks:
+            check_task(task)
+        if self.obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {self.obs_mode!r}.")
+        if self.reward_mode not in REWARD_MODES:
+            raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {self.reward_mode!r}.")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
+        if not isinstance(self.camera_size, int) or self.camera_size < 1:
+            raise ValueError(f"camera_size must be an integer >= 1 (pixels), got {self.camera_size!r}.")
+        if not isinstance(self.action_chunk, int) or self.action_chunk < 1:
+            raise ValueError(f"action_chunk must be an integer >= 1, got {self.action_chunk!r}.")
+        if self.action_chunk > self.max_episode_steps:
+            raise ValueError(
+                f"action_chunk={self.action_chunk} is longer than max_episode_steps={self.max_episode_steps}."
+            )
+        if self.instructions is not None and len(self.instructions) != len(self.tasks):
+            raise ValueError(f"{len(self.instructions)} instructions for {len(self.tasks)} tasks.")
+
+    def instruction_list(self) -> list[str]:
+        return list(self.instructions) if self.instructions else [TASK_INSTRUCTIONS.get(t, t) for t in self.tasks]
+
+
+def registered_tasks() -> dict[str, Any]:
+    import mani_skill.envs  # noqa: F401  (registers the tasks)
+    from mani_skill.utils.registration import REGISTERED_ENVS
+
+    return REGISTERED_ENVS
+
+
+def offline_tasks() -> list[str]:
+    """Registered tasks that need no downloaded assets."""
+    return sorted(uid for uid, spec in registered_tasks().items() if not (spec.asset_download_ids or []))
+
+
+def check_task(task: str) -> None:
+    """Unknown task → ValueError listing the offline tasks; a task whose assets are
+    missing → ManiSkillSetupError naming them (and no empty asset folder left)."""
+    from mani_skill.utils import assets
+
+    specs = registered_tasks()
+    if task not in specs:
+        raise ValueError(
+            f"Unknown ManiSkill task {task!r}. Tasks that run offline: {', '.join(offline_tasks())}. "
+            f"The multi-task suite: {', '.join(SUITE)} (env_config.tasks: suite)."
+        )
+    missing = []
+    for asset_id in specs[task].asset_download_ids or []:
+        ids = (
+            assets.expand_data_group_into_individual_data_source_ids(asset_id)
+            if asset_id in assets.DATA_GROUPS
+            else [asset_id]
+        )
+        for data_id in ids:
+            source = assets.DATA_SOURCES[data_id]
+            folder = source.output_dir / source.target_path
+            if folder.is_dir() and not any(folder.iterdir()):
+                # A failed download leaves an empty folder that ManiSkill takes for the
+                # asset (and breaks later runs): remove it, count the asset missing.
+                shutil.rmtree(folder)
+            if not assets.is_data_source_downloaded(data_id):
+                missing.append(f"{data_id} (expected at {folder})")
+    if missing:
+        raise ManiSkillSetupError(
+            f"ManiSkill task {task!r} needs downloaded assets: {'; '.join(missing)}. On a machine with "
+            f"internet access run `python -m mani_skill.utils.download_asset {task}` and copy the data folder "
+            "(MS_ASSET_DIR, default ~/.maniskill/data) here; or choose an offline task."
+        )
+
+
+def resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return backend
+
+
+class ManiSkillTaskEnv(gym.Env):
+    """One ManiSkill task on the CPU backend in rllib_pirl's observation format.
+
+    ``info`` carries ``success``, ``task_id`` and ``task`` (the task name).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+    #: our obs_mode → ManiSkill's
+    MS_OBS_MODES: ClassVar[dict[str, str]] = {"state": "state", "rgb": "rgb", "state+rgb": "rgb+state"}
+
+    def __init__(self, config: ManiSkillConfig, task_index: int = 0, render_mode: str | None = None):
+        from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
+
+        self.config, self.task_index = config, task_index
+        self.task = config.tasks[task_index]
+        self.instructions = config.instruction_list()
+        self.render_mode = render_mode
+        self._cameras = config.obs_mode != "state"
+        kwargs = {
+            "obs_mode": self.MS_OBS_MODES[config.obs_mode],
+            "control_mode": config.control_mode,
+            "render_backend": "cpu",
+            "sim_backend": "physx_cpu",
+            "max_episode_steps": config.max_episode_steps,
+            "reward_mode": "normalized_dense" if config.reward_mode == "dense" else "sparse",
+            "render_mode": render_mode,
+        }
+        if self._cameras:
+            kwargs["robot_uids"] = "panda_wristcam"
+            kwargs["sensor_configs"] = {"width": config.camera_size, "height": config.camera_size}
+        try:
+            self.env = CPUGymWrapper(gym.make(self.task, **kwargs))
+        except RuntimeError as e:
+            if "physical device" in str(e) or "vulkan" in str(e).lower():
+                raise ManiSkillSetupError(f"{VULKAN_HINT} ({e})") from e
+            raise
+        self.action_space = self.env.action_space
+        raw = self.env.observation_space
+        if config.obs_mode == "rgb":  # proprioception: the agent and extra entries, flattened
+            state_dim = sum(
+                int(np.prod(s.shape)) for s in _leaves(gym.spaces.Dict({"a": raw["agent"], "e": raw["extra"]}))
+            )
+        else:
+            state_dim = config.state_dim or _state_dim_of(self.task)
+        spaces: dict[str, gym.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)}
+        if self._cameras:
+            for cam in CAMERAS:
+                spaces[cam] = gym.spaces.Box(0, 255, (config.camera_size, config.camera_size, 3), np.uint8)
+        spaces["task_id"] = gym.spaces.Box(0, len(config.tasks) - 1, (1,), np.int64)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self._state_dim = state_dim
+        self._potential, self._grasp_steps = 0.0, 0
+
+    def _format(self, raw) -> dict[str, np.ndarray]:
+        if self.config.obs_mode == "state":
+            state = raw
+        elif self.config.obs_mode == "state+rgb":
+            state = raw["state"]
+        else:
+            state = np.concatenate(
+                [np.asarray(v, np.float32).reshape(-1) for v in _leaf_values([raw["agent"], raw["extra"]])]
+            )
+        obs = {"state": _pad(np.asarray(state, np.float32).reshape(-1), self._state_dim)}
+        if self._cameras:
+            for cam in CAMERAS:
+                obs[cam] = np.asarray(raw["sensor_data"][cam]["rgb"], dtype=np.uint8)
+        obs["task_id"] = np.array([self.task_index], dtype=np.int64)
+        return obs
+
+    def _pirl_potential(self, info) -> float:
+        """Φ = 0.1·grasped + 0.1·(grasped ≥ 2 steps in a row) + 1.0·success."""
+        grasped = any(bool(v) for k, v in info.items() if k.startswith("is_") and k.endswith("grasped"))
+        self._grasp_steps = self._grasp_steps + 1 if grasped else 0
+        return 0.1 * grasped + 0.1 * (self._grasp_steps >= 2) + 1.0 * bool(info.get("success", False))
+
+    def _info(self, info) -> dict[str, Any]:
+        return {"success": bool(info.get("success", False)), "task_id": self.task_index, "task": self.task}
+
+    def reset(self, *, seed=None, options=None):
+        # Unseeded resets draw their seed from a generator seeded by the last seeded
+        # reset, so an env's episodes depend only on its seeds (ManiSkill's own
+        # unseeded resets also depend on what ran since).
+        if seed is not None:
+            self._seed_rng = np.random.default_rng(seed)
+        elif getattr(self, "_seed_rng", None) is not None:
+            seed = int(self._seed_rng.integers(2**31 - 1))
+        raw, info = self.env.reset(seed=seed, options=options)
+        self._grasp_steps = 0
+        self._potential = self._pirl_potential(info)
+        return self._format(raw), self._info(info)
+
+    def step(self, action):
+        raw, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
+        success = bool(info.get("success", False))
+        if self.config.reward_mode == "pirl":  # increments of the potential
+            potential = self._pirl_potential(info)
+            reward, self._potential = potential - self._potential, potential
+        elif self.config.reward_mode == "sparse":
+            reward = float(success)
+        return self._format(raw), float(reward), bool(terminated) or success, bool(truncated), self._info(info)
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        self.env.close()
+
+
+def _leaves(space):
+    if isinstance(space, gym.spaces.Dict):
+        for sub in space.spaces.values():
+            yield from _leaves(sub)
+    else:
+        yield space
+
+
+def _leaf_values(tree):
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for value in tree:
+            yield from _leaf_values(value)
+    else:
+        yield tree
+
+
+def _pad(x: np.ndarray, dim: int) -> np.ndarray:
+    if x.shape[0] > dim:
+        raise ValueError(f"state of size {x.shape[0]} does not fit state_dim={dim}")
+    return np.concatenate([x, np.zeros(dim - x.shape[0], np.float32)]) if x.shape[0] < dim else x
+
+
+@functools.cache
+def _state_dim_of(task: str) -> int:
+    """Size of a task's privileged state (from a throw-away env)."""
+    from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
+
+    env = CPUGymWrapper(gym.make(task, obs_mode="state", render_backend="cpu", sim_backend="physx_cpu"))
+    try:
+        return int(np.prod(env.observation_space.shape))
+    finally:
+        env.close()
+
+
+def max_state_dim(config: ManiSkillConfig) -> int:
+    return max(_state_dim_of(t) for t in config.tasks)
+
+
+def make_task_env(config: ManiSkillConfig, index: int, render_mode: str | None = None) -> gym.Env:
+    """Sub-env ``index`` of a vector env: task ``index mod #tasks``, chunked."""
+    import torch
+
+    torch.set_num_threads(1)
+    env = ManiSkillTaskEnv(config, index % len(config.tasks), render_mode=render_mode)
+    return ActionChunkWrapper(env, config.action_chunk)
+
+
+def make_maniskill_env(env_config) -> gym.Env:
+    """Env creator of the registered ``ManiSkill`` env (see the module docstring)."""
+    num_envs = (env_config or {}).get("num_envs")
+    config = ManiSkillConfig.from_env_config(env_config)
+    if config.state_dim is None and config.obs_mode != "rgb":
+        config.state_dim = max_state_dim(config)
+    if resolve_backend(config.backend) == "gpu":
+        raise ManiSkillSetupError("ManiSkill's GPU-parallel backend is not wired up yet; set env_config.backend: cpu.")
+    if num_envs is None:
+        return make_task_env(config, 0)
+    offset = int(getattr(env_config, "worker_index", 0) or 0) * num_envs
+    fns = [functools.partial(make_task_env, config, offset + i) for i in range(num_envs)]
+    return gym.vector.AsyncVectorEnv(fns, context="forkserver", autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)

@@ -1,0 +1,145 @@
+"""ManiSkill3 envs on the CPU backend (needs scripts/setup_maniskill.sh; CI runs it)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from rllib_pirl.envs.maniskill import (
+    SUITE,
+    ManiSkillConfig,
+    ManiSkillSetupError,
+    check_task,
+    make_maniskill_env,
+    make_task_env,
+)
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("VK_ICD_FILENAMES") and not os.path.isdir("/usr/share/vulkan/icd.d"),
+    reason="no Vulkan driver: run scripts/setup_maniskill.sh and source .vulkan/env.sh",
+)
+
+
+@pytest.mark.parametrize("task", SUITE)
+def test_every_suite_task_resets_and_steps(task):
+    env = make_maniskill_env({"task": task, "action_chunk": 5})
+    try:
+        obs, info = env.reset(seed=0)
+        assert obs["state"].dtype == np.float32 and obs["task_id"].tolist() == [0]
+        assert env.action_space.shape == (5, 4)
+        obs2, reward, terminated, truncated, info = env.step(np.zeros((5, 4), np.float32))
+        assert info["chunk_steps"] == 5 and info["task"] == task
+        assert np.isfinite(reward) and not np.array_equal(obs["state"], obs2["state"])
+    finally:
+        env.close()
+
+
+def test_rgb_observations_have_the_configured_shape():
+    env = make_maniskill_env({"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": 24, "action_chunk": 2})
+    try:
+        obs, _ = env.reset(seed=1)
+        for cam in ("base_camera", "hand_camera"):
+            assert obs[cam].shape == (24, 24, 3) and obs[cam].dtype == np.uint8
+            assert env.observation_space[cam].shape == (24, 24, 3)
+            assert obs[cam].max() > obs[cam].min()  # a rendered image, not a blank
+        assert obs["state"].shape == env.observation_space["state"].shape
+    finally:
+        env.close()
+
+
+def test_chunk_execution_sums_rewards_and_stops_at_truncation():
+    # 7 steps per episode, chunks of 3: 3 + 3 + 1 steps, the last chunk stops at truncation.
+    env = make_maniskill_env({"task": "PushCube-v1", "action_chunk": 3, "max_episode_steps": 7, "reward_mode": "dense"})
+    single = make_task_env(ManiSkillConfig(tasks=["PushCube-v1"], max_episode_steps=7, reward_mode="dense"), 0).env
+    try:
+        env.reset(seed=3)
+        single.reset(seed=3)
+        rng = np.random.default_rng(0)
+        steps = []
+        for _ in range(3):
+            chunk = rng.uniform(-1, 1, (3, 4)).astype(np.float32)
+            _, reward, terminated, truncated, info = env.step(chunk)
+            expected = 0.0
+            for a in chunk[: info["chunk_steps"]]:
+                _, r, *_ = single.step(a)
+                expected += r
+            assert reward == pytest.approx(expected, abs=1e-5)
+            steps.append(info["chunk_steps"])
+        assert steps == [3, 3, 1] and truncated and not terminated
+    finally:
+        env.close()
+        single.close()
+
+
+def test_pirl_reward_pays_increments_and_success_ends_the_episode():
+    env = make_task_env(ManiSkillConfig(tasks=["PickCube-v1"]), 0).env  # unchunked task env
+    try:
+        env.reset(seed=0)
+        potential = env._potential
+        info = {"is_grasped": True, "success": False}
+        assert env._pirl_potential(info) == pytest.approx(0.1)
+        assert env._pirl_potential(info) == pytest.approx(0.2)  # grasp held for 2 steps
+        assert env._pirl_potential({"is_grasped": True, "success": True}) == pytest.approx(1.2)
+        assert env._pirl_potential({"is_grasped": False, "success": False}) == 0.0
+        assert potential == 0.0
+    finally:
+        env.close()
+
+
+def test_vector_env_keeps_terminal_observations_and_first_steps():
+    """Next-step autoreset: the done step returns the real last observation; the next
+    step returns the new episode's reset observation (reward 0) — checked against a
+    single env stepped with the same seed and actions."""
+    config = {"task": "PickCube-v1", "action_chunk": 2, "max_episode_steps": 4}
+    venv = make_maniskill_env(dict(config, num_envs=2))
+    single = make_maniskill_env(config)
+    try:
+        obs, _ = venv.reset(seed=11)
+        ref, _ = single.reset(seed=11)
+        assert np.allclose(obs["state"][0], ref["state"])
+        rng = np.random.default_rng(1)
+        for step in range(5):
+            actions = rng.uniform(-1, 1, (2, 2, 4)).astype(np.float32)
+            obs, reward, terminated, truncated, _ = venv.step(actions)
+            if step == 2:  # the autoreset step after the done at step 1
+                ref, _ = single.reset()
+                assert reward[0] == 0.0 and not truncated[0]
+            else:
+                ref, r, _, t, _ = single.step(actions[0])
+                assert reward[0] == pytest.approx(r, abs=1e-5) and truncated[0] == t
+            assert np.allclose(obs["state"][0], ref["state"], atol=1e-5), step
+        assert not np.allclose(obs["state"][0], obs["state"][1])
+    finally:
+        venv.close()
+        single.close()
+
+
+def test_bad_input_is_reported_clearly(tmp_path):
+    with pytest.raises(ValueError, match="Unknown ManiSkill task 'PickCub-v1'.*PickCube-v1.*PushCube-v1"):
+        check_task("PickCub-v1")
+    with pytest.raises(ValueError, match="longer than max_episode_steps"):
+        ManiSkillConfig.from_env_config({"task": "PickCube-v1", "action_chunk": 20, "max_episode_steps": 10})
+    with pytest.raises(ValueError, match="camera_size must be an integer >= 1"):
+        ManiSkillConfig.from_env_config({"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": 0})
+    with pytest.raises(ValueError, match="Unknown ManiSkill env_config key"):
+        ManiSkillConfig.from_env_config({"task": "PickCube-v1", "obs_mod": "rgb"})
+    env = make_maniskill_env({"task": "PickCube-v1", "action_chunk": 5})
+    try:
+        env.reset(seed=0)
+        with pytest.raises(ValueError, match=r"shape \(5, 4\)"):
+            env.step(np.zeros((4, 4)))
+    finally:
+        env.close()
+
+
+def test_missing_assets_name_them_and_leave_no_empty_folder():
+    from mani_skill.utils import assets
+
+    source = assets.DATA_SOURCES["ycb"]
+    folder = source.output_dir / source.target_path
+    if folder.is_dir() and any(folder.iterdir()):
+        pytest.skip("the ycb assets are present on this machine")
+    folder.mkdir(parents=True, exist_ok=True)  # what a failed download leaves behind
+    with pytest.raises(ManiSkillSetupError, match="needs downloaded assets: ycb.*download_asset PickSingleYCB-v1"):
+        check_task("PickSingleYCB-v1")
+    assert not folder.exists()
