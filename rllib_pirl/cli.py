@@ -57,10 +57,21 @@ def _first_sample(value):
 
 def config_dict_for_rllib(config: dict[str, Any]) -> dict[str, Any]:
     """The yaml's config as ``AlgorithmConfig.update_from_dict`` takes it: the RLModule's
-    ``model_config`` (a read-only property) is stored as ``_model_config``."""
+    ``model_config`` (a read-only property) is stored as ``_model_config``, and a relative
+    ``init_checkpoint`` becomes absolute."""
     config = dict(config)
     if "model_config" in config:
-        config["_model_config"] = config.pop("model_config")
+        model_config = dict(config.pop("model_config") or {})
+        init = model_config.get("init_checkpoint")
+        if isinstance(init, str):
+            # Relative to where `rllib` runs (Tune trials run in their own folders).
+            model_config["init_checkpoint"] = os.path.abspath(os.path.expanduser(init))
+            if not is_model_checkpoint(model_config["init_checkpoint"]):
+                raise UsageError(
+                    f"model_config.init_checkpoint: {init!r} is not a model checkpoint folder (config.json + "
+                    "model.safetensors, from `rllib sft`); relative paths are resolved from the current directory."
+                )
+        config["_model_config"] = model_config
     return config
 
 

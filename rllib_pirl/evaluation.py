@@ -42,6 +42,7 @@ class EvalResult:
     returns: list[float] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)  # info["task"] of each episode, when the env reports it
 
     @property
     def mean_return(self) -> float:
@@ -86,6 +87,13 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def _batch_of_one(obs):
+    """An observation (array or dict of arrays) as a batch of one, in torch."""
+    if isinstance(obs, dict):
+        return {k: _batch_of_one(v) for k, v in obs.items()}
+    return torch.as_tensor(np.asarray(obs)[None])
+
+
 @torch.no_grad()
 def evaluate(
     module,
@@ -108,7 +116,7 @@ def evaluate(
         obs, info = env.reset(seed=seed + i)
         total, success, steps, done = 0.0, bool(info.get("success", False)), 0, False
         while not done:
-            batch = {Columns.OBS: torch.as_tensor(np.asarray(obs)[None])}
+            batch = {Columns.OBS: _batch_of_one(obs)}
             out = module.forward_exploration(batch) if explore else module.forward_inference(batch)
             action = out[Columns.ACTIONS][0].cpu().numpy()
             if normalize_actions:

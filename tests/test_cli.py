@@ -98,4 +98,4 @@ def test_bad_stop_json_and_missing_file(tmp_path, capsys):
     assert main(["train", "file", str(tmp_path / "missing.yaml")]) == 2
     assert "No such file" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 2
-    assert "not an RLlib algorithm checkpoint" in capsys.readouterr().err
+    assert "neither an RLlib algorithm checkpoint" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""SFT data, training and model checkpoints (no simulator needed)."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rllib_pirl.demos import Demo
+from rllib_pirl.models import StateFlowPolicy
+from rllib_pirl.models.checkpoint import load_model, save_model
+from rllib_pirl.sft import chunk_dataset, train_sft
+
+
+def test_chunks_are_padded_by_repeating_the_last_action():
+    actions = np.arange(8, dtype=np.float32).reshape(4, 2)
+    demo = Demo("A", obs=np.arange(15, dtype=np.float32).reshape(5, 3), actions=actions)
+    data = chunk_dataset([demo], ["B", "A"], chunk=3, state_dim=4)
+    assert data["state"].shape == (4, 4) and torch.all(data["state"][:, 3] == 0)
+    assert data["task_id"].view(-1).tolist() == [1, 1, 1, 1]
+    assert data["actions"][0].tolist() == actions[0:3].tolist()
+    assert data["actions"][3].tolist() == [actions[3].tolist()] * 3
+    with pytest.raises(ValueError, match="not among the tasks"):
+        chunk_dataset([demo], ["B"], 3, 4)
+
+
+def test_sft_learns_a_state_dependent_chunk_and_writes_a_loadable_checkpoint(tmp_path):
+    # Expert: action = sign of the first state coordinate (two modes of behaviour).
+    rng = np.random.default_rng(0)
+    demos = []
+    for _ in range(40):
+        s = rng.uniform(-1, 1, (11, 3)).astype(np.float32)
+        a = np.repeat(np.sign(s[:10, :1]), 2, axis=1).astype(np.float32)
+        demos.append(Demo("T", s, a))
+    out = tmp_path / "ckpt"
+    model = train_sft(demos, ["T"], str(out), chunk=2, steps=600, batch_size=128, hidden_sizes=(64, 64), log_every=600)
+    loaded = load_model(str(out))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    assert torch.allclose(loaded.action_std, torch.ones(2), atol=0.05)  # statistics of ±1 actions
+    # The deterministic ODE policy reproduces the expert's sign.
+    from rllib_pirl.flow import sample_chain
+
+    obs = torch.tensor([[0.8, 0.0, 0.0], [-0.8, 0.0, 0.0]])
+    with torch.no_grad():
+        ctx = loaded.encode(obs)
+        chain = sample_chain(lambda x, t: loaded.velocity(ctx, x, t), torch.zeros(2, 2, 2), 4)
+        actions = loaded.unnormalize_actions(chain.actions)
+    # The first action of the chunk follows the current state (later ones follow future states).
+    assert actions[0, 0].min() > 0.5 and actions[1, 0].max() < -0.5
+
+
+def test_checkpoints_that_do_not_fit_are_rejected(tmp_path):
+    model = StateFlowPolicy(obs_dim=5, horizon=3, action_dim=2, hidden_sizes=(16, 16))
+    save_model(model, str(tmp_path / "m"))
+    act = gym.spaces.Box(-1, 1, (4, 2), np.float32)
+    with pytest.raises(ValueError, match="fewer than the env's chunk 4 x 2"):
+        load_model(str(tmp_path / "m"), gym.spaces.Box(-1, 1, (5,), np.float32), act)
+    with pytest.raises(ValueError, match="expects a 5-D state, the env gives"):
+        load_model(str(tmp_path / "m"), gym.spaces.Box(-1, 1, (6,), np.float32), gym.spaces.Box(-1, 1, (3, 2)))
+    with pytest.raises(FileNotFoundError, match="not a model checkpoint"):
+        load_model(str(tmp_path / "missing"))
+    assert not (tmp_path / "m.tmp").exists()
