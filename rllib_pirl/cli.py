@@ -373,9 +373,12 @@ def cmd_evaluate(args) -> int:
         normalize_actions=config.get("normalize_actions", True),
         clip_actions=config.get("clip_actions", False),
         progress=progress,
+        video_dir=args.video_dir,
     )
     env.close()
     print(result.summary())
+    if args.video_dir:
+        print(f"videos (first 3 episodes, camera observations only): {args.video_dir}")
     return 0
 
 
@@ -461,13 +464,16 @@ def make_parser() -> argparse.ArgumentParser:
         description="Run the deterministic (ODE) policy of a checkpoint for N episodes on fixed seeds and print "
         "the mean return and success rate with 95%% intervals.",
     )
-    ev.add_argument("checkpoint", help="an algorithm checkpoint folder (a trial's checkpoint_00000N)")
+    ev.add_argument(
+        "checkpoint", help="an algorithm checkpoint (a trial's checkpoint_00000N) or a model checkpoint (rllib sft)"
+    )
     ev.add_argument("--episodes", type=int, default=100, help="number of episodes (default 100)")
     ev.add_argument("--seed", type=int, default=0, help="episode i resets with seed SEED + i (default 0)")
     ev.add_argument("--explore", action="store_true", help="use the stochastic exploration policy instead")
     ev.add_argument("--env-config", help="JSON env_config (overrides the one stored in an algorithm checkpoint)")
     ev.add_argument("--env", help="env name (required for a model checkpoint from `rllib sft`)")
     ev.add_argument("--num-denoise-steps", type=int, default=4, help="K for a model checkpoint (default 4)")
+    ev.add_argument("--video-dir", help="write mp4s of the first 3 episodes here (envs with camera observations)")
     ev.set_defaults(func=cmd_evaluate)
     de = sub.add_parser(
         "demos",

@@ -87,6 +87,23 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def _camera_frame(obs):
+    """The camera images of an observation side by side (None without cameras)."""
+    if not isinstance(obs, dict):
+        return None
+    images = [np.asarray(v) for k, v in sorted(obs.items()) if k.endswith("camera")]
+    return np.concatenate(images, axis=1) if images else None
+
+
+def _write_video(frames, folder: str, name: str, fps: int = 5) -> None:
+    import os
+
+    import imageio
+
+    os.makedirs(folder, exist_ok=True)
+    imageio.mimsave(os.path.join(folder, name), frames, fps=fps, macro_block_size=1)
+
+
 def _batch_of_one(obs):
     """An observation (array or dict of arrays) as a batch of one, in torch."""
     if isinstance(obs, dict):
@@ -104,18 +121,26 @@ def evaluate(
     normalize_actions: bool = True,
     clip_actions: bool = False,
     progress=None,
+    video_dir: str | None = None,
+    video_episodes: int = 3,
 ) -> EvalResult:
     """Run ``episodes`` episodes, episode i reset with seed ``seed + i``.
 
     Deterministic policy (``forward_inference``) unless ``explore``. Actions go to the
     env as RLlib's env runners send them (``normalize_actions``: [−1, 1] → bounds;
     ``clip_actions``). An episode succeeds when any step's ``info["success"]`` is true.
+    With ``video_dir`` and camera observations (keys ending in ``camera``), the first
+    ``video_episodes`` episodes are written there as mp4 (the cameras side by side,
+    one frame per policy step).
     """
     result = EvalResult()
     for i in range(episodes):
         obs, info = env.reset(seed=seed + i)
         total, success, steps, done = 0.0, bool(info.get("success", False)), 0, False
+        frames = [] if video_dir and i < video_episodes and _camera_frame(obs) is not None else None
         while not done:
+            if frames is not None:
+                frames.append(_camera_frame(obs))
             batch = {Columns.OBS: _batch_of_one(obs)}
             out = module.forward_exploration(batch) if explore else module.forward_inference(batch)
             action = out[Columns.ACTIONS][0].cpu().numpy()
@@ -132,6 +157,9 @@ def evaluate(
         result.successes.append(success)
         result.lengths.append(steps)
         result.tasks.append(info.get("task", ""))
+        if frames:
+            frames.append(_camera_frame(obs))
+            _write_video(frames, video_dir, f"episode_{seed + i}_{'success' if success else 'failure'}.mp4")
         if progress is not None:
             progress(i + 1, result)
     return result

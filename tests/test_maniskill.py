@@ -186,3 +186,31 @@ def torch_equal(a, b):
     import torch
 
     return torch.equal(a, b)
+
+
+def test_evaluation_writes_episode_videos_from_the_cameras(tmp_path):
+    import torch
+
+    from rllib_pirl.evaluation import evaluate
+    from rllib_pirl.rl_module import FlowRLModule
+
+    env = make_maniskill_env(
+        {"task": "PushCube-v1", "obs_mode": "rgb", "camera_size": 32, "action_chunk": 5, "max_episode_steps": 10}
+    )
+    try:
+        torch.manual_seed(0)
+        module = FlowRLModule(
+            observation_space=env.observation_space,
+            action_space=env.action_space,
+            model_config={"action_chunk": 5, "num_denoise_steps": 2, "model_kwargs": {"hidden_sizes": (16, 16)}},
+        )
+        result = evaluate(module, env, 2, seed=5, video_dir=str(tmp_path), video_episodes=1)
+    finally:
+        env.close()
+    assert result.lengths == [2, 2] and result.tasks == ["PushCube-v1"] * 2
+    videos = list(tmp_path.glob("episode_5_*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 1000
+    import imageio
+
+    frames = imageio.mimread(videos[0])
+    assert len(frames) == 3 and frames[0].shape == (32, 64, 3)  # two cameras side by side
