@@ -14,6 +14,7 @@ from rllib_pirl.envs.maniskill import (
     make_task_env,
 )
 
+pytest.importorskip("mani_skill", reason="ManiSkill is not installed: run scripts/setup_maniskill.sh")
 pytestmark = pytest.mark.skipif(
     not os.environ.get("VK_ICD_FILENAMES") and not os.path.isdir("/usr/share/vulkan/icd.d"),
     reason="no Vulkan driver: run scripts/setup_maniskill.sh and source .vulkan/env.sh",
