@@ -28,7 +28,7 @@ def test_every_suite_task_resets_and_steps(task):
         obs, info = env.reset(seed=0)
         assert obs["state"].dtype == np.float32 and obs["task_id"].tolist() == [0]
         assert env.action_space.shape == (5, 4)
-        obs2, reward, terminated, truncated, info = env.step(np.zeros((5, 4), np.float32))
+        obs2, reward, _terminated, _truncated, info = env.step(np.zeros((5, 4), np.float32))
         assert info["chunk_steps"] == 5 and info["task"] == task
         assert np.isfinite(reward) and not np.array_equal(obs["state"], obs2["state"])
     finally:
@@ -101,7 +101,7 @@ def test_vector_env_keeps_terminal_observations_and_first_steps():
         rng = np.random.default_rng(1)
         for step in range(5):
             actions = rng.uniform(-1, 1, (2, 2, 4)).astype(np.float32)
-            obs, reward, terminated, truncated, _ = venv.step(actions)
+            obs, reward, _terminated, truncated, _ = venv.step(actions)
             if step == 2:  # the autoreset step after the done at step 1
                 ref, _ = single.reset()
                 assert reward[0] == 0.0 and not truncated[0]
@@ -154,13 +154,32 @@ def test_demos_sft_and_an_rl_iteration_run_end_to_end(tmp_path, ray_session):
     from rllib_pirl.cli import main
     from rllib_pirl.demos import load_demos
 
-    assert main(["demos", "--task", "PickCube-v1", "--num", "2", "--out", str(tmp_path / "demos"), "--num-procs", "1"]) == 0
+    assert (
+        main(["demos", "--task", "PickCube-v1", "--num", "2", "--out", str(tmp_path / "demos"), "--num-procs", "1"])
+        == 0
+    )
     demos = load_demos([str(tmp_path / "demos")])
     assert len(demos) == 2 and demos[0].obs.shape[1] == 42 and demos[0].actions.shape[1] == 4
     assert len(demos[0].obs) == len(demos[0].actions) + 1
     ckpt = tmp_path / "sft"
-    assert main(["sft", "--demos", str(tmp_path / "demos"), "--out", str(ckpt), "--chunk", "4", "--steps", "20",
-                 "--hidden", "32,32"]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--demos",
+                str(tmp_path / "demos"),
+                "--out",
+                str(ckpt),
+                "--chunk",
+                "4",
+                "--steps",
+                "20",
+                "--hidden",
+                "32,32",
+            ]
+        )
+        == 0
+    )
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "config.json").is_file()
     config = (
         FlowSDEConfig()
