@@ -28,7 +28,8 @@ def raw_steps_per_s(env_config, num_envs, chunks, chunk):
         steps, start = 0, time.perf_counter()
         for _ in range(chunks // num_envs):
             _, _, _, _, info = env.step(actions)
-            steps += int(np.sum(info["chunk_steps"]))
+            if "chunk_steps" in info:  # absent on steps where every sub-env autoresets
+                steps += int(np.sum(info["chunk_steps"][info["_chunk_steps"]]))
         return steps / (time.perf_counter() - start)
     finally:
         env.close()
