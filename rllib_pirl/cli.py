@@ -317,9 +317,9 @@ def module_for_model(path: str, env, num_denoise_steps: int):
 
 
 def is_model_checkpoint(path: str) -> bool:
-    from rllib_pirl.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+    from rllib_pirl.models.checkpoint import is_model_checkpoint as check
 
-    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, WEIGHTS_FILE))
+    return check(path)
 
 
 def cmd_evaluate(args) -> int:

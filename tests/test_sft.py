@@ -57,6 +57,18 @@ def test_checkpoints_that_do_not_fit_are_rejected(tmp_path):
         load_model(str(tmp_path / "m"), gym.spaces.Box(-1, 1, (5,), np.float32), act)
     with pytest.raises(ValueError, match="expects a 5-D state, the env gives"):
         load_model(str(tmp_path / "m"), gym.spaces.Box(-1, 1, (6,), np.float32), gym.spaces.Box(-1, 1, (3, 2)))
+    config_path = tmp_path / "m" / "config.json"
+    resized = config_path.read_text().replace(
+        '"hidden_sizes": [\n      16,\n      16\n    ]', '"hidden_sizes": [32, 32]'
+    )
+    assert resized != config_path.read_text()
+    (tmp_path / "m2").mkdir()
+    (tmp_path / "m2" / "config.json").write_text(resized)
+    (tmp_path / "m2" / "model.safetensors").write_bytes((tmp_path / "m" / "model.safetensors").read_bytes())
+    with pytest.raises(
+        ValueError, match=r"shapes \(checkpoint, model\) \{.*'obs_encoder.0.weight': \(\(16, 5\), \(32, 5\)\)"
+    ):
+        load_model(str(tmp_path / "m2"))
     with pytest.raises(FileNotFoundError, match="not a model checkpoint"):
         load_model(str(tmp_path / "missing"))
     assert not (tmp_path / "m.tmp").exists()

@@ -228,11 +228,10 @@ class ManiSkillTaskEnv(gym.Env):
         self.action_space = self.env.action_space
         raw = self.env.observation_space
         if config.obs_mode == "rgb":  # proprioception: the agent and extra entries, flattened
-            state_dim = sum(
-                int(np.prod(s.shape)) for s in _leaves(gym.spaces.Dict({"a": raw["agent"], "e": raw["extra"]}))
-            )
+            self._proprio_space = gym.spaces.Dict({"agent": raw["agent"], "extra": raw["extra"]})
+            state_dim = gym.spaces.flatdim(self._proprio_space)
         else:
-            state_dim = config.state_dim or _state_dim_of(self.task)
+            state_dim = config.state_dim or gym.spaces.flatdim(raw if config.obs_mode == "state" else raw["state"])
         spaces: dict[str, gym.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)}
         if self._cameras:
             for cam in CAMERAS:
@@ -248,9 +247,7 @@ class ManiSkillTaskEnv(gym.Env):
         elif self.config.obs_mode == "state+rgb":
             state = raw["state"]
         else:
-            state = np.concatenate(
-                [np.asarray(v, np.float32).reshape(-1) for v in _leaf_values([raw["agent"], raw["extra"]])]
-            )
+            state = gym.spaces.flatten(self._proprio_space, {"agent": raw["agent"], "extra": raw["extra"]})
         obs = {"state": _pad(np.asarray(state, np.float32).reshape(-1), self._state_dim)}
         if self._cameras:
             for cam in CAMERAS:
@@ -295,24 +292,6 @@ class ManiSkillTaskEnv(gym.Env):
 
     def close(self):
         self.env.close()
-
-
-def _leaves(space):
-    if isinstance(space, gym.spaces.Dict):
-        for sub in space.spaces.values():
-            yield from _leaves(sub)
-    else:
-        yield space
-
-
-def _leaf_values(tree):
-    if isinstance(tree, dict):
-        tree = list(tree.values())
-    if isinstance(tree, list):
-        for value in tree:
-            yield from _leaf_values(value)
-    else:
-        yield tree
 
 
 def _pad(x: np.ndarray, dim: int) -> np.ndarray:

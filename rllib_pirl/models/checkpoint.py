@@ -38,9 +38,14 @@ def save_model(model, path: str, metadata: dict[str, Any] | None = None) -> None
     os.replace(tmp, path)
 
 
+def is_model_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a checkpoint folder written by :func:`save_model`."""
+    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, WEIGHTS_FILE))
+
+
 def read_config(path: str) -> dict[str, Any]:
     config_path = os.path.join(path, CONFIG_FILE)
-    if not (os.path.isfile(config_path) and os.path.isfile(os.path.join(path, WEIGHTS_FILE))):
+    if not is_model_checkpoint(path):
         raise FileNotFoundError(
             f"{path} is not a model checkpoint (expected {CONFIG_FILE} and {WEIGHTS_FILE}); make one with `rllib sft`."
         )
@@ -60,12 +65,14 @@ def load_model(path: str, observation_space=None, action_space=None, noise_std_r
         kwargs["noise_std_range"] = list(noise_std_range)
     model = import_object(config["model_class"])(**kwargs)
     state = load_file(os.path.join(path, WEIGHTS_FILE))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    wrong = {
-        k: (tuple(v.shape), tuple(model.state_dict()[k].shape))
-        for k, v in state.items()
-        if k in model.state_dict() and v.shape != model.state_dict()[k].shape
-    }
+    own = model.state_dict()
+    # Shapes first: load_state_dict raises on a shape mismatch even with strict=False.
+    wrong = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape}
+    missing, unexpected = (
+        ([k for k in own if k not in state], [k for k in state if k not in own])
+        if wrong
+        else model.load_state_dict(state, strict=False)
+    )
     if missing or unexpected or wrong:
         raise ValueError(
             f"Checkpoint {path} does not fit {config['model_class']}: missing {missing}, "
