@@ -64,9 +64,9 @@ def evaluate_row(algo, env, episodes, name, it, policy_steps, env_steps, start, 
     return row
 
 
-def write(rows):
+def write(rows, name):
     os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, "pickcube_learning.csv")
+    path = os.path.join(RESULTS, f"{name}.csv")
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
@@ -75,14 +75,14 @@ def write(rows):
         writer.writerows(rows)
 
 
-def plot():
-    """Redraw pickcube_learning.png from the CSV (success vs env steps, 95% intervals)."""
+def plot(name):
+    """Redraw NAME.png from NAME.csv (success vs env steps, 95% intervals)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(os.path.join(RESULTS, "pickcube_learning.csv")) as f:
+    with open(os.path.join(RESULTS, f"{name}.csv")) as f:
         rows = list(csv.DictReader(f))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for algo in sorted({r["algorithm"] for r in rows}):
@@ -97,26 +97,32 @@ def plot():
     ax.legend()
     ax.set_title("ManiSkill PickCube-v1 (state), RL from the SFT checkpoint, 2 CPU cores")
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "pickcube_learning.png"), dpi=110)
+    fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--example", help="tuned example file name, e.g. flow_sde_pickcube.yaml")
+    p.add_argument("--example", help="tuned example: a file name in tuned_examples/ or a path")
+    p.add_argument("--label", help="name of the run in the CSV and plot (default: the algorithm)")
+    p.add_argument("--results", default="pickcube_learning", help="CSV/PNG name in benchmarks/results")
+    p.add_argument("--save", help="write the final algorithm checkpoint to this folder")
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=40)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--final-episodes", type=int, default=400)
+    p.add_argument("--no-start-eval", action="store_true", help="skip the evaluation before training")
     p.add_argument("--plot-only", action="store_true", help="only redraw the PNG from the CSV")
     args = p.parse_args()
     if args.plot_only:
-        plot()
+        plot(args.results)
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_pickcube.yaml)")
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ((name, spec),) = load_experiments(os.path.join(HERE, "..", "tuned_examples", args.example)).items()
+    path = args.example if os.path.exists(args.example) else os.path.join(HERE, "..", "tuned_examples", args.example)
+    ((name, spec),) = load_experiments(path).items()
+    label = args.label or spec["run"]
     config = build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name)
     algo = config.build_algo()
     env = make_maniskill_env(dict(algo.config.env_config))
@@ -124,10 +130,10 @@ def main():
     start, rows, policy_steps, env_steps, explore = time.time(), [], 0, 0, None
     try:
         for it in range(args.iterations + 1):
-            if it % args.eval_every == 0 or it == args.iterations:
+            if (it % args.eval_every == 0 and not (it == 0 and args.no_start_eval)) or it == args.iterations:
                 episodes = args.final_episodes if it in (0, args.iterations) else args.episodes
-                rows.append(evaluate_row(algo, env, episodes, spec["run"], it, policy_steps, env_steps, start, explore))
-                write(rows[-1:])
+                rows.append(evaluate_row(algo, env, episodes, label, it, policy_steps, env_steps, start, explore))
+                write(rows[-1:], args.results)
             if it < args.iterations:
                 result = algo.train()
                 runners = result["env_runners"]
@@ -142,10 +148,12 @@ def main():
                     f"({time.time() - start:.0f} s)",
                     flush=True,
                 )
+        if args.save:
+            print(f"checkpoint: {algo.save(os.path.abspath(args.save)).checkpoint.path}", flush=True)
     finally:
         algo.stop()
         env.close()
-    plot()
+    plot(args.results)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         self.exploration_kind = cfg.get("exploration", "sde")
         self.noise_level = float(cfg.get("noise_level", 0.5))
         self.inference_x0 = cfg.get("inference_x0", "zeros")
+        self.exploration_x0 = cfg.get("exploration_x0", "noise")
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 2:
             raise ValueError(
                 f"A flow policy acts in action chunks: the env's action space must be "
@@ -106,8 +107,9 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
             )
         if self.exploration_kind not in EXPLORATIONS:
             raise ValueError(f"exploration must be one of {EXPLORATIONS}, got {self.exploration_kind!r}")
-        if self.inference_x0 not in INFERENCE_X0:
-            raise ValueError(f"inference_x0 must be one of {INFERENCE_X0}, got {self.inference_x0!r}")
+        for key in ("inference_x0", "exploration_x0"):
+            if getattr(self, key) not in INFERENCE_X0:
+                raise ValueError(f"{key} must be one of {INFERENCE_X0}, got {getattr(self, key)!r}")
         self.env_action_dim = space.shape[1]
         self.model = build_model(cfg, self.observation_space, space)
         if self.model.horizon < self.action_chunk or self.model.action_dim < self.env_action_dim:
@@ -157,7 +159,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         context = self.model.encode(batch[Columns.OBS])
         b = _batch_size(batch[Columns.OBS])
         chain = sample_chain(
-            self._velocity_fn(context), self._x0(b, zeros=False), self.num_denoise_steps, self.exploration()
+            self._velocity_fn(context), self._x0(b, self.exploration_x0 == "zeros"), self.num_denoise_steps, self.exploration()
         )
         logp = self._reduce(chain.log_prob)
         return {

@@ -12,8 +12,9 @@ OBS = gym.spaces.Box(-1, 1, (6,), np.float32)
 ACT = gym.spaces.Box(-1, 1, (3, 2), np.float32)
 
 
-def make_module(exploration, reduction="sum", K=4, action_space=ACT, **model):
+def make_module(exploration, reduction="sum", K=4, action_space=ACT, exploration_x0="noise", **model):
     model_config = {
+        "exploration_x0": exploration_x0,
         "num_denoise_steps": K,
         "action_chunk": action_space.shape[0],
         "exploration": exploration,
@@ -28,10 +29,12 @@ def make_module(exploration, reduction="sum", K=4, action_space=ACT, **model):
 
 @pytest.mark.parametrize("exploration", ["sde", "noise"])
 @pytest.mark.parametrize("reduction", ["sum", "per_element"])
-def test_stored_log_prob_equals_learner_recomputation(exploration, reduction):
-    module = make_module(exploration, reduction)
+@pytest.mark.parametrize("x0", ["noise", "zeros"])
+def test_stored_log_prob_equals_learner_recomputation(exploration, reduction, x0):
+    module = make_module(exploration, reduction, exploration_x0=x0)
     obs = torch.randn(16, 6)
     out = module.forward_exploration({Columns.OBS: obs})
+    assert (out[LATENTS][:, 0].abs().max() == 0) == (x0 == "zeros")
     n = 1 if reduction == "sum" else 3 * 2
     assert out[Columns.ACTIONS].shape == (16, 3, 2)
     assert out[LATENTS].shape == (16, 5, 3, 2)
@@ -59,6 +62,18 @@ def test_inference_is_the_deterministic_ode():
     assert torch.equal(a, b)
     explore = module.forward_exploration({Columns.OBS: obs})[Columns.ACTIONS]
     assert not torch.allclose(a, explore)
+
+
+def test_exploration_from_zeros_is_centred_on_the_deterministic_policy():
+    """exploration_x0="zeros": the exploration chain is the deterministic chain plus
+    the SDE step's noise, so with noise level 0 it IS the deterministic policy."""
+    module = make_module("sde", exploration_x0="zeros")
+    module.noise_level = 0.0
+    obs = torch.randn(5, 6)
+    a = module.forward_inference({Columns.OBS: obs})[Columns.ACTIONS]
+    assert torch.allclose(module.forward_exploration({Columns.OBS: obs})[Columns.ACTIONS], a, atol=1e-6)
+    module.exploration_x0 = "noise"
+    assert not torch.allclose(module.forward_exploration({Columns.OBS: obs})[Columns.ACTIONS], a, atol=1e-3)
 
 
 def test_model_may_predict_more_than_the_env_uses():

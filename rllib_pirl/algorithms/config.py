@@ -27,6 +27,7 @@ FLOW_FIELDS: dict[str, Any] = {
     "vf_huber_delta": 10.0,  # Huber δ of the value loss
     "value_clip_param": 0.2,  # value clipping around the rollout's value
     "inference_x0": "zeros",  # deterministic policy starts from "zeros" or "noise"
+    "exploration_x0": "noise",  # exploration chains start from "noise" (the paper) or "zeros"
 }
 
 
@@ -67,6 +68,7 @@ class FlowPPOConfig(PPOConfig):
         vf_huber_delta: float | None = NotProvided,
         value_clip_param: float | None = NotProvided,
         inference_x0: str | None = NotProvided,
+        exploration_x0: str | None = NotProvided,
         **kwargs,
     ) -> FlowPPOConfig:
         """PPO's ``training()`` plus the πRL fields (see ``FLOW_FIELDS``)."""
@@ -82,6 +84,7 @@ class FlowPPOConfig(PPOConfig):
             "vf_huber_delta": vf_huber_delta,
             "value_clip_param": value_clip_param,
             "inference_x0": inference_x0,
+            "exploration_x0": exploration_x0,
         }
         for key, value in given.items():
             if value is not NotProvided:
@@ -131,6 +134,7 @@ class FlowPPOConfig(PPOConfig):
             "action_chunk": self.action_chunk,
             "logprob_reduction": self.logprob_reduction,
             "inference_x0": self.inference_x0,
+            "exploration_x0": self.exploration_x0,
             "exploration": self.flow_exploration,
         }
 
@@ -153,8 +157,9 @@ def flow_config_errors(config) -> list:
         errors.append(f"action_chunk must be an integer >= 1, got {c!r}.")
     if config.logprob_reduction not in LOGPROB_REDUCTIONS:
         errors.append(f"logprob_reduction must be one of {LOGPROB_REDUCTIONS}, got {config.logprob_reduction!r}.")
-    if config.inference_x0 not in INFERENCE_X0:
-        errors.append(f"inference_x0 must be one of {INFERENCE_X0}, got {config.inference_x0!r}.")
+    for name in ("inference_x0", "exploration_x0"):
+        if getattr(config, name) not in INFERENCE_X0:
+            errors.append(f"{name} must be one of {INFERENCE_X0}, got {getattr(config, name)!r}.")
     for name in ("vf_huber_delta", "value_clip_param"):
         value = getattr(config, name)
         if not isinstance(value, (int, float)) or value <= 0:
