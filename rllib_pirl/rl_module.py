@@ -159,7 +159,10 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         context = self.model.encode(batch[Columns.OBS])
         b = _batch_size(batch[Columns.OBS])
         chain = sample_chain(
-            self._velocity_fn(context), self._x0(b, self.exploration_x0 == "zeros"), self.num_denoise_steps, self.exploration()
+            self._velocity_fn(context),
+            self._x0(b, self.exploration_x0 == "zeros"),
+            self.num_denoise_steps,
+            self.exploration(),
         )
         logp = self._reduce(chain.log_prob)
         return {
