@@ -325,7 +325,7 @@ def is_model_checkpoint(path: str) -> bool:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from rllib_pirl.evaluation import env_creator_for, evaluate
+    from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_envs
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}.")
@@ -343,42 +343,50 @@ def cmd_evaluate(args) -> int:
 
         check_env(args.env)
         config = {"env": args.env, "env_config": overrides, "normalize_actions": True, "clip_actions": False}
-        env = env_creator_for(args.env)(dict(overrides))
-        module = module_for_model(args.checkpoint, env, args.num_denoise_steps)
+        envs = evaluation_envs(args.env, dict(overrides))
+        module = module_for_model(args.checkpoint, envs[0], args.num_denoise_steps)
     else:
         module, config = load_checkpoint(args.checkpoint)
         env_config = dict(config.get("env_config") or {}, **overrides)
-        env = env_creator_for(args.env or config["env"])(env_config)
+        envs = evaluation_envs(args.env or config["env"], env_config)
     every = max(1, args.episodes // 10)
-
-    def progress(i, result):
-        if i % every == 0 or i == args.episodes:
-            print(
-                f"  {i}/{args.episodes} episodes, mean return {result.mean_return:.3f}, "
-                f"success {result.success_rate:.3f}",
-                flush=True,
-            )
-
+    per_task = f" per task ({len(envs)} tasks)" if len(envs) > 1 else ""
     print(
         f"Evaluating {args.checkpoint} on {config['env']} ({'stochastic' if args.explore else 'deterministic'} "
-        f"policy, seeds {args.seed}..{args.seed + args.episodes - 1})",
+        f"policy, seeds {args.seed}..{args.seed + args.episodes - 1}{per_task})",
         flush=True,
     )
-    result = evaluate(
-        module,
-        env,
-        args.episodes,
-        seed=args.seed,
-        explore=args.explore,
-        normalize_actions=config.get("normalize_actions", True),
-        clip_actions=config.get("clip_actions", False),
-        progress=progress,
-        video_dir=args.video_dir,
-    )
-    env.close()
+    result = EvalResult()
+    for index, env in enumerate(envs):
+        prefix = f"  task {index + 1}/{len(envs)}:" if len(envs) > 1 else " "
+
+        def progress(i, partial, prefix=prefix):
+            if i % every == 0 or i == args.episodes:
+                print(
+                    f"{prefix} {i}/{args.episodes} episodes, mean return {partial.mean_return:.3f}, "
+                    f"success {partial.success_rate:.3f}",
+                    flush=True,
+                )
+
+        try:
+            result.extend(
+                evaluate(
+                    module,
+                    env,
+                    args.episodes,
+                    seed=args.seed,
+                    explore=args.explore,
+                    normalize_actions=config.get("normalize_actions", True),
+                    clip_actions=config.get("clip_actions", False),
+                    progress=progress,
+                    video_dir=args.video_dir,
+                )
+            )
+        finally:
+            env.close()
     print(result.summary())
     if args.video_dir:
-        print(f"videos (first 3 episodes, camera observations only): {args.video_dir}")
+        print(f"videos (first 3 episodes of each task, camera observations only): {args.video_dir}")
     return 0
 
 

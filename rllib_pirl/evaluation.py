@@ -26,6 +26,16 @@ def env_creator_for(env) -> Callable[[dict], gym.Env]:
     raise ValueError(f"Unknown env {env!r}: neither registered with Ray Tune nor a gymnasium id.")
 
 
+def evaluation_envs(env, env_config: dict) -> list[gym.Env]:
+    """The envs an evaluation runs on: one per task for envs that mix tasks (a
+    ManiSkill suite), else the one env of ``env_config``."""
+    from rllib_pirl.envs import PER_TASK_ENV_CREATORS
+
+    if isinstance(env, str) and env in PER_TASK_ENV_CREATORS:
+        return PER_TASK_ENV_CREATORS[env](env_config)
+    return [env_creator_for(env)(env_config)]
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96):
     """95% Wilson score interval of a success rate."""
     if n == 0:
@@ -62,6 +72,12 @@ class EvalResult:
     @property
     def success_ci95(self):
         return wilson_interval(int(np.sum(self.successes)), len(self.successes))
+
+    def extend(self, other: EvalResult) -> EvalResult:
+        """Append the episodes of ``other`` (e.g. another task's)."""
+        for name in ("returns", "successes", "lengths", "tasks"):
+            getattr(self, name).extend(getattr(other, name))
+        return self
 
     def per_task(self):
         """{task: (episodes, success rate, 95% interval)} when the env reports tasks."""
@@ -159,7 +175,8 @@ def evaluate(
         result.tasks.append(info.get("task", ""))
         if frames:
             frames.append(_camera_frame(obs))
-            _write_video(frames, video_dir, f"episode_{seed + i}_{'success' if success else 'failure'}.mp4")
+            task = f"{info['task']}_" if info.get("task") else ""
+            _write_video(frames, video_dir, f"{task}episode_{seed + i}_{'success' if success else 'failure'}.mp4")
         if progress is not None:
             progress(i + 1, result)
     return result

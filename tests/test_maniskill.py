@@ -1,5 +1,6 @@
 """ManiSkill3 envs on the CPU backend (needs scripts/setup_maniskill.sh; CI runs it)."""
 
+import json
 import os
 
 import numpy as np
@@ -9,6 +10,7 @@ from rllib_pirl.envs.maniskill import (
     SUITE,
     ManiSkillConfig,
     ManiSkillSetupError,
+    _state_dim_of,
     check_task,
     make_maniskill_env,
     make_task_env,
@@ -228,9 +230,87 @@ def test_evaluation_writes_episode_videos_from_the_cameras(tmp_path):
     finally:
         env.close()
     assert result.lengths == [2, 2] and result.tasks == ["PushCube-v1"] * 2
-    videos = list(tmp_path.glob("episode_5_*.mp4"))
+    videos = list(tmp_path.glob("PushCube-v1_episode_5_*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
     import imageio
 
     frames = imageio.mimread(videos[0])
     assert len(frames) == 3 and frames[0].shape == (32, 64, 3)  # two cameras side by side
+
+
+def test_evaluate_reports_every_task_of_a_suite(tmp_path, capsys):
+    """`rllib evaluate` on a suite runs the episodes on each task (same seeds) and
+    prints per-task success with intervals."""
+    import torch
+
+    from rllib_pirl.cli import main
+    from rllib_pirl.models.checkpoint import save_model
+    from rllib_pirl.rl_module import FlowRLModule
+
+    env_config = {"tasks": ["PickCube-v1", "PushCube-v1"], "action_chunk": 5, "max_episode_steps": 10}
+    env = make_maniskill_env(env_config)
+    try:
+        torch.manual_seed(0)
+        module = FlowRLModule(
+            observation_space=env.observation_space,
+            action_space=env.action_space,
+            model_config={"action_chunk": 5, "num_denoise_steps": 2, "model_kwargs": {"hidden_sizes": (16, 16)}},
+        )
+    finally:
+        env.close()
+    save_model(module.model, str(tmp_path / "model"))
+    args = ["evaluate", str(tmp_path / "model"), "--env", "ManiSkill", "--episodes", "2"]
+    assert main([*args, "--env-config", json.dumps(env_config)]) == 0
+    out = capsys.readouterr().out
+    assert "per task (2 tasks)" in out and "episodes: 4" in out
+    assert "PickCube-v1: success" in out and "PushCube-v1: success" in out
+
+
+@pytest.mark.parametrize("reward_mode", ["dense", "pirl"])
+def test_batched_backend_converts_to_next_step_autoreset(reward_mode):
+    """The GPU backend's vector env, run on ManiSkill's CPU simulation with one env (the
+    same code; a GPU runs hundreds): chunk rewards and the first episode match the
+    single CPU env step by step; the step that ends an episode returns its final
+    observation; the next returns the new episode's first observation (reward 0, no
+    done, the simulator at step 0 of that episode) and ignores its action."""
+    from rllib_pirl.envs.maniskill_batched import ManiSkillBatchedVectorEnv
+
+    config = ManiSkillConfig(tasks=["PushCube-v1"], action_chunk=3, max_episode_steps=7, reward_mode=reward_mode)
+    config.state_dim = _state_dim_of("PushCube-v1")
+    batched = ManiSkillBatchedVectorEnv(config, num_envs=1, sim_backend="physx_cpu")
+    single = make_task_env(config, 0)
+    try:
+        assert batched.single_observation_space == single.observation_space
+        assert batched.action_space.shape == (1, 3, 4)
+        obs, _ = batched.reset(seed=3)
+        s_obs, _ = single.reset(seed=3)
+        np.testing.assert_allclose(obs["state"][0], s_obs["state"], atol=1e-5)
+        rng = np.random.default_rng(0)
+        for expected_steps in (3, 3, 1):  # 7 steps: the last chunk stops at truncation
+            chunk = rng.uniform(-1, 1, (1, 3, 4)).astype(np.float32)
+            obs, reward, terminated, truncated, info = batched.step(chunk)
+            s_obs, s_reward, s_term, s_trunc, s_info = single.step(chunk[0])
+            assert info["chunk_steps"][0] == s_info["chunk_steps"] == expected_steps
+            assert reward[0] == pytest.approx(s_reward, abs=1e-4)
+            np.testing.assert_allclose(obs["state"][0], s_obs["state"], atol=1e-4)
+            assert (terminated[0], truncated[0]) == (s_term, s_trunc)
+        assert truncated[0] and not terminated[0]
+        final = obs["state"][0].copy()
+        obs, reward, terminated, truncated, info = batched.step(rng.uniform(-1, 1, (1, 3, 4)).astype(np.float32))
+        assert reward[0] == 0.0 and not terminated[0] and not truncated[0] and info["chunk_steps"][0] == 0
+        base = batched.env.unwrapped
+        assert int(base.elapsed_steps[0]) == 0  # the new episode has not moved yet
+        np.testing.assert_allclose(obs["state"][0], batched._format(base.get_obs())["state"][0], atol=1e-6)
+        assert not np.allclose(obs["state"][0], final)
+        _, _, _, _, info = batched.step(np.zeros((1, 3, 4), np.float32))
+        assert info["chunk_steps"][0] == 3 and int(base.elapsed_steps[0]) == 3
+    finally:
+        batched.close()
+        single.close()
+
+
+def test_batched_backend_rejects_a_suite():
+    from rllib_pirl.envs.maniskill_batched import ManiSkillBatchedVectorEnv
+
+    with pytest.raises(ValueError, match="one task per process"):
+        ManiSkillBatchedVectorEnv(ManiSkillConfig(tasks=list(SUITE)), num_envs=4)

@@ -36,10 +36,19 @@ def make_maniskill(env_config) -> gym.Env:
     return make_maniskill_env(env_config)
 
 
+def make_maniskill_task_envs(env_config) -> list[gym.Env]:
+    """One single env per task of a ManiSkill suite (imported only when used)."""
+    from rllib_pirl.envs.maniskill import make_maniskill_task_envs as make
+
+    return make(env_config)
+
+
 #: The env names that importing rllib_pirl registers with Ray Tune / RLlib.
 ENV_CREATORS = {"ChunkedGym": make_chunked_gym_env, "PointReach": make_point_reach, "ManiSkill": make_maniskill}
 #: Envs that build their own vector env from ``env_config["num_envs"]`` (one simulator
 #: per worker process): the algorithm config sets ``gym_env_vectorize_mode`` for them.
 VECTOR_ENVS = ("ManiSkill",)
+#: Envs evaluated task by task: name -> creator of one single env per task.
+PER_TASK_ENV_CREATORS = {"ManiSkill": make_maniskill_task_envs}
 
 __all__ = ["ENV_CREATORS", "ActionChunkWrapper", "PointReachEnv", "make_chunked_gym_env", "make_point_reach"]

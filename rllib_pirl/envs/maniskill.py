@@ -4,9 +4,10 @@ One task env (:class:`ManiSkillTaskEnv`) wraps a ManiSkill CPU-simulation env:
 numpy observations in the format below, the chosen reward, success ends the
 episode. :func:`make_maniskill_env` (registered as ``ManiSkill``) builds a chunked
 single env, or — when RLlib asks for ``num_envs`` (``gym_env_vectorize_mode=
-"vector_entry_point"``) — a vector env of them, one simulator per worker process
-(the CPU backend allows one env per process), with gymnasium's next-step autoreset
-that RLlib assumes. A suite of several tasks is mixed inside one vector env.
+"vector_entry_point"``) — a vector env with gymnasium's next-step autoreset that RLlib
+assumes: on the CPU backend one simulator per worker process (the CPU simulation holds
+one env per process; a suite of several tasks is mixed inside one vector env), on the GPU
+backend one batched simulation of one task (:mod:`rllib_pirl.envs.maniskill_batched`).
 
 Observations:
 - ``obs_mode="state"``: a Dict ``{"state": Box(state_dim), "task_id": Box(int64, (1,))}``
@@ -189,6 +190,70 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+#: our obs_mode → ManiSkill's
+MS_OBS_MODES = {"state": "state", "rgb": "rgb", "state+rgb": "rgb+state"}
+
+
+def maniskill_make_kwargs(config: ManiSkillConfig, sim_backend: str, render_mode: str | None = None) -> dict:
+    """``gym.make`` arguments of a ManiSkill task env for ``config``."""
+    kwargs = {
+        "obs_mode": MS_OBS_MODES[config.obs_mode],
+        "control_mode": config.control_mode,
+        "render_backend": "cpu" if sim_backend == "physx_cpu" else "gpu",
+        "sim_backend": sim_backend,
+        "max_episode_steps": config.max_episode_steps,
+        "reward_mode": "normalized_dense" if config.reward_mode == "dense" else "sparse",
+        "render_mode": render_mode,
+    }
+    if config.obs_mode != "state":
+        kwargs["robot_uids"] = "panda_wristcam"
+        kwargs["sensor_configs"] = {"width": config.camera_size, "height": config.camera_size}
+    return kwargs
+
+
+def pirl_potential(grasped, grasp_steps, success):
+    """The paper's reward potential Φ = 0.1·grasped + 0.1·(grasped ≥ 2 steps in a row) +
+    1.0·success; the reward is its increment Φ_t − Φ_{t−1}. Scalars or arrays."""
+    return 0.1 * np.asarray(grasped, float) + 0.1 * (np.asarray(grasp_steps) >= 2) + 1.0 * np.asarray(success, float)
+
+
+class ObsFormat:
+    """ManiSkill's raw observation of one env → rllib_pirl's Dict observation (see the
+    module docstring); ``space`` is that Dict space."""
+
+    def __init__(self, config: ManiSkillConfig, raw_space: gym.Space, task_index: int):
+        self.config, self.task_index = config, task_index
+        self.cameras = config.obs_mode != "state"
+        if config.obs_mode == "rgb":  # proprioception: the agent and extra entries, flattened
+            self.proprio_space = gym.spaces.Dict({"agent": raw_space["agent"], "extra": raw_space["extra"]})
+            state_dim = gym.spaces.flatdim(self.proprio_space)
+        else:
+            state_dim = config.state_dim or gym.spaces.flatdim(
+                raw_space if config.obs_mode == "state" else raw_space["state"]
+            )
+        spaces: dict[str, gym.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)}
+        if self.cameras:
+            for cam in CAMERAS:
+                spaces[cam] = gym.spaces.Box(0, 255, (config.camera_size, config.camera_size, 3), np.uint8)
+        spaces["task_id"] = gym.spaces.Box(0, len(config.tasks) - 1, (1,), np.int64)
+        self.space = gym.spaces.Dict(spaces)
+        self.state_dim = state_dim
+
+    def __call__(self, raw) -> dict[str, np.ndarray]:
+        if self.config.obs_mode == "state":
+            state = raw
+        elif self.config.obs_mode == "state+rgb":
+            state = raw["state"]
+        else:
+            state = gym.spaces.flatten(self.proprio_space, {"agent": raw["agent"], "extra": raw["extra"]})
+        obs = {"state": _pad(np.asarray(state, np.float32).reshape(-1), self.state_dim)}
+        if self.cameras:
+            for cam in CAMERAS:
+                obs[cam] = np.asarray(raw["sensor_data"][cam]["rgb"], dtype=np.uint8)
+        obs["task_id"] = np.array([self.task_index], dtype=np.int64)
+        return obs
+
+
 class ManiSkillTaskEnv(gym.Env):
     """One ManiSkill task on the CPU backend in rllib_pirl's observation format.
 
@@ -196,8 +261,6 @@ class ManiSkillTaskEnv(gym.Env):
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
-    #: our obs_mode → ManiSkill's
-    MS_OBS_MODES: ClassVar[dict[str, str]] = {"state": "state", "rgb": "rgb", "state+rgb": "rgb+state"}
 
     def __init__(self, config: ManiSkillConfig, task_index: int = 0, render_mode: str | None = None):
         from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
@@ -206,60 +269,21 @@ class ManiSkillTaskEnv(gym.Env):
         self.task = config.tasks[task_index]
         self.instructions = config.instruction_list()
         self.render_mode = render_mode
-        self._cameras = config.obs_mode != "state"
-        kwargs = {
-            "obs_mode": self.MS_OBS_MODES[config.obs_mode],
-            "control_mode": config.control_mode,
-            "render_backend": "cpu",
-            "sim_backend": "physx_cpu",
-            "max_episode_steps": config.max_episode_steps,
-            "reward_mode": "normalized_dense" if config.reward_mode == "dense" else "sparse",
-            "render_mode": render_mode,
-        }
-        if self._cameras:
-            kwargs["robot_uids"] = "panda_wristcam"
-            kwargs["sensor_configs"] = {"width": config.camera_size, "height": config.camera_size}
         try:
-            self.env = CPUGymWrapper(gym.make(self.task, **kwargs))
+            self.env = CPUGymWrapper(gym.make(self.task, **maniskill_make_kwargs(config, "physx_cpu", render_mode)))
         except RuntimeError as e:
             if "physical device" in str(e) or "vulkan" in str(e).lower():
                 raise ManiSkillSetupError(f"{VULKAN_HINT} ({e})") from e
             raise
         self.action_space = self.env.action_space
-        raw = self.env.observation_space
-        if config.obs_mode == "rgb":  # proprioception: the agent and extra entries, flattened
-            self._proprio_space = gym.spaces.Dict({"agent": raw["agent"], "extra": raw["extra"]})
-            state_dim = gym.spaces.flatdim(self._proprio_space)
-        else:
-            state_dim = config.state_dim or gym.spaces.flatdim(raw if config.obs_mode == "state" else raw["state"])
-        spaces: dict[str, gym.Space] = {"state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)}
-        if self._cameras:
-            for cam in CAMERAS:
-                spaces[cam] = gym.spaces.Box(0, 255, (config.camera_size, config.camera_size, 3), np.uint8)
-        spaces["task_id"] = gym.spaces.Box(0, len(config.tasks) - 1, (1,), np.int64)
-        self.observation_space = gym.spaces.Dict(spaces)
-        self._state_dim = state_dim
+        self.obs_format = ObsFormat(config, self.env.observation_space, task_index)
+        self.observation_space = self.obs_format.space
         self._potential, self._grasp_steps = 0.0, 0
 
-    def _format(self, raw) -> dict[str, np.ndarray]:
-        if self.config.obs_mode == "state":
-            state = raw
-        elif self.config.obs_mode == "state+rgb":
-            state = raw["state"]
-        else:
-            state = gym.spaces.flatten(self._proprio_space, {"agent": raw["agent"], "extra": raw["extra"]})
-        obs = {"state": _pad(np.asarray(state, np.float32).reshape(-1), self._state_dim)}
-        if self._cameras:
-            for cam in CAMERAS:
-                obs[cam] = np.asarray(raw["sensor_data"][cam]["rgb"], dtype=np.uint8)
-        obs["task_id"] = np.array([self.task_index], dtype=np.int64)
-        return obs
-
     def _pirl_potential(self, info) -> float:
-        """Φ = 0.1·grasped + 0.1·(grasped ≥ 2 steps in a row) + 1.0·success."""
         grasped = any(bool(v) for k, v in info.items() if k.startswith("is_") and k.endswith("grasped"))
         self._grasp_steps = self._grasp_steps + 1 if grasped else 0
-        return 0.1 * grasped + 0.1 * (self._grasp_steps >= 2) + 1.0 * bool(info.get("success", False))
+        return float(pirl_potential(grasped, self._grasp_steps, bool(info.get("success", False))))
 
     def _info(self, info) -> dict[str, Any]:
         return {"success": bool(info.get("success", False)), "task_id": self.task_index, "task": self.task}
@@ -275,7 +299,7 @@ class ManiSkillTaskEnv(gym.Env):
         raw, info = self.env.reset(seed=seed, options=options)
         self._grasp_steps = 0
         self._potential = self._pirl_potential(info)
-        return self._format(raw), self._info(info)
+        return self.obs_format(raw), self._info(info)
 
     def step(self, action):
         raw, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
@@ -285,7 +309,7 @@ class ManiSkillTaskEnv(gym.Env):
             reward, self._potential = potential - self._potential, potential
         elif self.config.reward_mode == "sparse":
             reward = float(success)
-        return self._format(raw), float(reward), bool(terminated) or success, bool(truncated), self._info(info)
+        return self.obs_format(raw), float(reward), bool(terminated) or success, bool(truncated), self._info(info)
 
     def render(self):
         return self.env.render()
@@ -325,16 +349,30 @@ def make_task_env(config: ManiSkillConfig, index: int, render_mode: str | None =
     return ActionChunkWrapper(env, config.action_chunk)
 
 
+def make_maniskill_task_envs(env_config) -> list[gym.Env]:
+    """One chunked single env per task of ``env_config`` (for per-task evaluation of a
+    suite): each keeps its task id and the suite's padded state size."""
+    config = ManiSkillConfig.from_env_config(env_config)
+    if config.state_dim is None and config.obs_mode != "rgb":
+        config.state_dim = max_state_dim(config)
+    return [make_task_env(config, i) for i in range(len(config.tasks))]
+
+
 def make_maniskill_env(env_config) -> gym.Env:
     """Env creator of the registered ``ManiSkill`` env (see the module docstring)."""
     num_envs = (env_config or {}).get("num_envs")
     config = ManiSkillConfig.from_env_config(env_config)
     if config.state_dim is None and config.obs_mode != "rgb":
         config.state_dim = max_state_dim(config)
-    if resolve_backend(config.backend) == "gpu":
-        raise ManiSkillSetupError("ManiSkill's GPU-parallel backend is not wired up yet; set env_config.backend: cpu.")
-    if num_envs is None:
+    if num_envs is None:  # single envs (evaluation) always simulate on the CPU
         return make_task_env(config, 0)
+    backend = config.backend
+    if backend == "auto":  # the GPU simulates one task per process: a suite stays on the CPU
+        backend = resolve_backend(backend) if len(config.tasks) == 1 else "cpu"
+    if backend == "gpu":
+        from rllib_pirl.envs.maniskill_batched import ManiSkillBatchedVectorEnv
+
+        return ManiSkillBatchedVectorEnv(config, num_envs)
     offset = int(getattr(env_config, "worker_index", 0) or 0) * num_envs
     fns = [functools.partial(make_task_env, config, offset + i) for i in range(num_envs)]
     return gym.vector.AsyncVectorEnv(fns, context="forkserver", autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)

@@ -1,0 +1,153 @@
+"""RL on the ManiSkill multi-task suite (state + task id), CPU: per-task success before and after.
+
+Evaluates the deterministic policy of the tuned example's starting point (the suite SFT
+checkpoint) on every task (``--episodes`` per task, seeds 100000…), trains
+``--iterations`` iterations, evaluates again on the same seeds, and appends the rows to
+``benchmarks/results/suite_learning.csv``; ``suite_learning.png`` shows the table as bars.
+
+    source .vulkan/env.sh
+    python benchmarks/suite_learning.py --example flow_sde_suite.yaml --iterations 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+
+import ray
+import torch
+
+from rllib_pirl.cli import build_config, load_experiments, resolve_algorithm
+from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_envs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+CSV = os.path.join(RESULTS, "suite_learning.csv")
+FIELDS = ["algorithm", "stage", "task", "policy_steps", "env_steps", "episodes", "success", "success_lo", "success_hi"]
+
+
+def evaluate_tasks(module, envs, episodes, label, stage, policy_steps, env_steps):
+    """Rows of per-task success (and "all") of the deterministic policy."""
+    total, rows = EvalResult(), []
+    for env in envs:
+        total.extend(evaluate(module, env, episodes, seed=100_000))
+    for task, (n, rate, (lo, hi)) in total.per_task().items():
+        rows.append({"task": task, "episodes": n, "success": rate, "success_lo": lo, "success_hi": hi})
+    lo, hi = total.success_ci95
+    rows.append(
+        {
+            "task": "all",
+            "episodes": len(total.successes),
+            "success": total.success_rate,
+            "success_lo": lo,
+            "success_hi": hi,
+        }
+    )
+    for row in rows:
+        row.update(algorithm=label, stage=stage, policy_steps=policy_steps, env_steps=env_steps)
+        print(
+            f"{label} {stage} {row['task']}: success {row['success']:.3f} "
+            f"[{row['success_lo']:.3f}, {row['success_hi']:.3f}] ({row['episodes']} episodes)",
+            flush=True,
+        )
+    with open(CSV, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if f.tell() == 0:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot():
+    """Redraw suite_learning.png: per-task success before/after RL, 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    with open(CSV) as f:
+        rows = list(csv.DictReader(f))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    bars = list(dict.fromkeys((r["algorithm"], r["stage"]) for r in rows))
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for j, (algo, stage) in enumerate(bars):
+        got = {r["task"]: r for r in rows if (r["algorithm"], r["stage"]) == (algo, stage)}
+        y = np.array([float(got[t]["success"]) if t in got else np.nan for t in tasks])
+        err = np.array(
+            [
+                [y[i] - float(got[t]["success_lo"]), float(got[t]["success_hi"]) - y[i]] if t in got else [0, 0]
+                for i, t in enumerate(tasks)
+            ]
+        ).T
+        ax.bar(np.arange(len(tasks)) + (j - (len(bars) - 1) / 2) * width, y, width, yerr=err, label=f"{algo} {stage}")
+    ax.set_xticks(np.arange(len(tasks)), [t.replace("-v1", "") for t in tasks], rotation=20)
+    ax.set_ylabel("success rate (deterministic policy)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("ManiSkill suite (state + task id), before and after RL, 2 CPU cores")
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "suite_learning.png"), dpi=110)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--example", help="tuned example: a file name in tuned_examples/ or a path")
+    p.add_argument("--label", help="name of the run in the CSV and plot (default: the algorithm)")
+    p.add_argument("--iterations", type=int, default=40)
+    p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per task")
+    p.add_argument("--save", help="write the final algorithm checkpoint to this folder")
+    p.add_argument("--plot-only", action="store_true", help="only redraw the PNG from the CSV")
+    args = p.parse_args()
+    os.makedirs(RESULTS, exist_ok=True)
+    if args.plot_only:
+        plot()
+        return
+    if not args.example:
+        p.error("--example is required (e.g. flow_sde_suite.yaml)")
+    torch.set_num_threads(1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    path = args.example if os.path.exists(args.example) else os.path.join(HERE, "..", "tuned_examples", args.example)
+    ((name, spec),) = load_experiments(path).items()
+    label = args.label or spec["run"]
+    algo = resolve_algorithm(spec["run"])
+    algo = build_config(algo, spec["env"], spec["config"], name).build_algo()
+    envs = evaluation_envs(spec["env"], dict(algo.config.env_config))
+    start, policy_steps = time.time(), 0
+    try:
+        evaluate_tasks(algo.get_module(), envs, args.episodes, label, "before", 0, 0)
+        for it in range(args.iterations):
+            result = algo.train()
+            runners = result["env_runners"]
+            policy_steps = int(runners["num_env_steps_sampled_lifetime"])
+            per_task = " ".join(
+                f"{k[len('success_rate_') :].replace('-v1', '')} {v:.2f}"
+                for k, v in sorted(runners.items())
+                if k.startswith("success_rate_")
+            )
+            print(
+                f"  iter {it + 1}: policy steps {policy_steps}, explore success {per_task} ({time.time() - start:.0f} s)"
+            )
+        evaluate_tasks(
+            algo.get_module(),
+            envs,
+            args.episodes,
+            label,
+            "after",
+            policy_steps,
+            policy_steps * algo.config.action_chunk,
+        )
+        if args.save:
+            print(f"checkpoint: {algo.save(os.path.abspath(args.save)).checkpoint.path}", flush=True)
+    finally:
+        algo.stop()
+        for env in envs:
+            env.close()
+    plot()
+
+
+if __name__ == "__main__":
+    main()
