@@ -397,7 +397,7 @@ def cmd_demos(args) -> int:
     tasks = SUITE if args.task == ["suite"] else args.task
     for task in tasks:
         try:
-            generate_demos(task, args.num, args.out, num_procs=args.num_procs)
+            generate_demos(task, args.num, args.out, control_mode=args.control_mode, num_procs=args.num_procs)
         except (ValueError, RuntimeError) as e:
             raise UsageError(str(e)) from None
     return 0
@@ -487,13 +487,20 @@ def make_parser() -> argparse.ArgumentParser:
         "demos",
         help="make ManiSkill expert demos (motion planning, converted to end-effector control)",
         description="Generate N successful expert demos per ManiSkill task offline with ManiSkill's motion-planning "
-        "solutions, converted by ManiSkill's replay tool to pd_ee_delta_pos control with state observations "
+        "solutions, converted by ManiSkill's replay tool to end-effector control (pd_ee_delta_pos by default) with "
+        "state observations "
         "(ManiSkill's .h5/.json trajectory format, under OUT/TASK/motionplanning/).",
     )
     de.add_argument("--task", action="append", required=True, help="task id (repeatable), or 'suite'")
     de.add_argument("--num", type=int, default=50, help="successful demos per task (default 50)")
     de.add_argument("--out", default="demos", help="output folder (default demos/)")
     de.add_argument("--num-procs", type=int, default=2, help="motion-planning processes (default 2)")
+    de.add_argument(
+        "--control-mode",
+        default="pd_ee_delta_pos",
+        help="controller the demos are converted to (= env_config.control_mode); pd_ee_delta_pos cannot rotate "
+        "the gripper: tasks that need it (LiftPegUpright) need pd_ee_delta_pose",
+    )
     de.set_defaults(func=cmd_demos)
     sf = sub.add_parser(
         "sft",

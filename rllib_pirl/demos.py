@@ -117,7 +117,15 @@ def generate_demos(
     converted = os.path.join(folder, f"{TRAJ_NAME}.state.{control_mode}.physx_cpu.h5")
     if not os.path.exists(converted):
         raise RuntimeError(f"replay_trajectory wrote no {converted}")
-    print(f"[demos] {task}: {len(load_demos([converted]))} demos in {converted}", flush=True)
+    kept = len(load_demos([converted]))
+    if kept == 0:
+        raise RuntimeError(
+            f"ManiSkill's replay reproduced none of the {num} {task} demos in {control_mode} (a controller that "
+            "cannot follow the planner's motion, e.g. pd_ee_delta_pos for a task that rotates the gripper): "
+            "try --control-mode pd_ee_delta_pose."
+        )
+    lost = f" ({num - kept} of {num} not reproducible in {control_mode}, dropped)" if kept < num else ""
+    print(f"[demos] {task}: {kept} demos in {converted}{lost}", flush=True)
     return converted
 
 
