@@ -100,6 +100,9 @@ def main():
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per task")
     p.add_argument("--save", help="write the final algorithm checkpoint to this folder")
+    p.add_argument(
+        "--no-before", action="store_true", help="skip the evaluation before training (e.g. another run made it)"
+    )
     p.add_argument("--plot-only", action="store_true", help="only redraw the PNG from the CSV")
     args = p.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
@@ -118,7 +121,8 @@ def main():
     envs = evaluation_envs(spec["env"], dict(algo.config.env_config))
     start, policy_steps = time.time(), 0
     try:
-        evaluate_tasks(algo.get_module(), envs, args.episodes, label, "before", 0, 0)
+        if not args.no_before:
+            evaluate_tasks(algo.get_module(), envs, args.episodes, "SFT", "before", 0, 0)
         for it in range(args.iterations):
             result = algo.train()
             runners = result["env_runners"]
