@@ -90,6 +90,7 @@ def plot(name):
         steps = [int(x["env_steps"]) / 1000 for x in r]
         ax.plot(steps, [float(x["success"]) for x in r], marker="o", label=algo)
         ax.fill_between(steps, [float(x["success_lo"]) for x in r], [float(x["success_hi"]) for x in r], alpha=0.2)
+    ax.axhline(0.85, color="gray", linestyle="--", linewidth=1, label="target 0.85")
     ax.set_xlabel("env steps, thousands (≤ 5 × policy steps)")
     ax.set_ylabel("success rate (deterministic policy)")
     ax.set_ylim(0, 1)
