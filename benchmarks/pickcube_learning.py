@@ -101,6 +101,16 @@ def plot(name):
     fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
 
 
+def build_example_algo(example: str):
+    """Start Ray on the 2 cores and build the algorithm of a tuned example (a file name
+    in tuned_examples/ or a path); returns ``(spec, algo)``."""
+    torch.set_num_threads(1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    path = example if os.path.exists(example) else os.path.join(HERE, "..", "tuned_examples", example)
+    ((name, spec),) = load_experiments(path).items()
+    return spec, build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name).build_algo()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--example", help="tuned example: a file name in tuned_examples/ or a path")
@@ -119,13 +129,8 @@ def main():
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_pickcube.yaml)")
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    path = args.example if os.path.exists(args.example) else os.path.join(HERE, "..", "tuned_examples", args.example)
-    ((name, spec),) = load_experiments(path).items()
+    spec, algo = build_example_algo(args.example)
     label = args.label or spec["run"]
-    config = build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name)
-    algo = config.build_algo()
     env = make_maniskill_env(dict(algo.config.env_config))
     chunk = algo.config.action_chunk
     start, rows, policy_steps, env_steps, explore = time.time(), [], 0, 0, None

@@ -16,10 +16,8 @@ import csv
 import os
 import time
 
-import ray
-import torch
+from pickcube_learning import build_example_algo
 
-from rllib_pirl.cli import build_config, load_experiments, resolve_algorithm
 from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_envs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,13 +109,8 @@ def main():
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_suite.yaml)")
-    torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    path = args.example if os.path.exists(args.example) else os.path.join(HERE, "..", "tuned_examples", args.example)
-    ((name, spec),) = load_experiments(path).items()
+    spec, algo = build_example_algo(args.example)
     label = args.label or spec["run"]
-    algo = resolve_algorithm(spec["run"])
-    algo = build_config(algo, spec["env"], spec["config"], name).build_algo()
     envs = evaluation_envs(spec["env"], dict(algo.config.env_config))
     start, policy_steps = time.time(), 0
     try:

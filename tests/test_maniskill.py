@@ -210,22 +210,29 @@ def torch_equal(a, b):
     return torch.equal(a, b)
 
 
-def test_evaluation_writes_episode_videos_from_the_cameras(tmp_path):
+def tiny_module(env):
+    """A small random flow policy (chunk 5, K = 2) for the env's spaces."""
     import torch
 
-    from rllib_pirl.evaluation import evaluate
     from rllib_pirl.rl_module import FlowRLModule
+
+    torch.manual_seed(0)
+    return FlowRLModule(
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config={"action_chunk": 5, "num_denoise_steps": 2, "model_kwargs": {"hidden_sizes": (16, 16)}},
+    )
+
+
+def test_evaluation_writes_episode_videos_from_the_cameras(tmp_path):
+
+    from rllib_pirl.evaluation import evaluate
 
     env = make_maniskill_env(
         {"task": "PushCube-v1", "obs_mode": "rgb", "camera_size": 32, "action_chunk": 5, "max_episode_steps": 10}
     )
     try:
-        torch.manual_seed(0)
-        module = FlowRLModule(
-            observation_space=env.observation_space,
-            action_space=env.action_space,
-            model_config={"action_chunk": 5, "num_denoise_steps": 2, "model_kwargs": {"hidden_sizes": (16, 16)}},
-        )
+        module = tiny_module(env)
         result = evaluate(module, env, 2, seed=5, video_dir=str(tmp_path), video_episodes=1)
     finally:
         env.close()
@@ -241,21 +248,14 @@ def test_evaluation_writes_episode_videos_from_the_cameras(tmp_path):
 def test_evaluate_reports_every_task_of_a_suite(tmp_path, capsys):
     """`rllib evaluate` on a suite runs the episodes on each task (same seeds) and
     prints per-task success with intervals."""
-    import torch
 
     from rllib_pirl.cli import main
     from rllib_pirl.models.checkpoint import save_model
-    from rllib_pirl.rl_module import FlowRLModule
 
     env_config = {"tasks": ["PickCube-v1", "PushCube-v1"], "action_chunk": 5, "max_episode_steps": 10}
     env = make_maniskill_env(env_config)
     try:
-        torch.manual_seed(0)
-        module = FlowRLModule(
-            observation_space=env.observation_space,
-            action_space=env.action_space,
-            model_config={"action_chunk": 5, "num_denoise_steps": 2, "model_kwargs": {"hidden_sizes": (16, 16)}},
-        )
+        module = tiny_module(env)
     finally:
         env.close()
     save_model(module.model, str(tmp_path / "model"))

@@ -211,6 +211,13 @@ def maniskill_make_kwargs(config: ManiSkillConfig, sim_backend: str, render_mode
     return kwargs
 
 
+def grasped_flags(info) -> np.ndarray:
+    """Any ``is_*grasped`` entry of a ManiSkill info, per env: (N,) bool for a batched
+    info, (1,) for a single env's (all False when the task reports none)."""
+    flags = [np.asarray(v, bool).reshape(-1) for k, v in info.items() if k.startswith("is_") and k.endswith("grasped")]
+    return np.any(flags, axis=0) if flags else np.zeros(1, bool)
+
+
 def pirl_potential(grasped, grasp_steps, success):
     """The paper's reward potential Φ = 0.1·grasped + 0.1·(grasped ≥ 2 steps in a row) +
     1.0·success; the reward is its increment Φ_t − Φ_{t−1}. Scalars or arrays."""
@@ -281,7 +288,7 @@ class ManiSkillTaskEnv(gym.Env):
         self._potential, self._grasp_steps = 0.0, 0
 
     def _pirl_potential(self, info) -> float:
-        grasped = any(bool(v) for k, v in info.items() if k.startswith("is_") and k.endswith("grasped"))
+        grasped = bool(grasped_flags(info)[0])
         self._grasp_steps = self._grasp_steps + 1 if grasped else 0
         return float(pirl_potential(grasped, self._grasp_steps, bool(info.get("success", False))))
 
@@ -349,21 +356,25 @@ def make_task_env(config: ManiSkillConfig, index: int, render_mode: str | None =
     return ActionChunkWrapper(env, config.action_chunk)
 
 
-def make_maniskill_task_envs(env_config) -> list[gym.Env]:
-    """One chunked single env per task of ``env_config`` (for per-task evaluation of a
-    suite): each keeps its task id and the suite's padded state size."""
+def _config_with_state_dim(env_config) -> ManiSkillConfig:
+    """The validated config; a state size not given is the largest of its tasks'."""
     config = ManiSkillConfig.from_env_config(env_config)
     if config.state_dim is None and config.obs_mode != "rgb":
         config.state_dim = max_state_dim(config)
+    return config
+
+
+def make_maniskill_task_envs(env_config) -> list[gym.Env]:
+    """One chunked single env per task of ``env_config`` (for per-task evaluation of a
+    suite): each keeps its task id and the suite's padded state size."""
+    config = _config_with_state_dim(env_config)
     return [make_task_env(config, i) for i in range(len(config.tasks))]
 
 
 def make_maniskill_env(env_config) -> gym.Env:
     """Env creator of the registered ``ManiSkill`` env (see the module docstring)."""
     num_envs = (env_config or {}).get("num_envs")
-    config = ManiSkillConfig.from_env_config(env_config)
-    if config.state_dim is None and config.obs_mode != "rgb":
-        config.state_dim = max_state_dim(config)
+    config = _config_with_state_dim(env_config)
     if num_envs is None:  # single envs (evaluation) always simulate on the CPU
         return make_task_env(config, 0)
     backend = config.backend

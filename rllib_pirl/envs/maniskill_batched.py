@@ -27,6 +27,7 @@ from rllib_pirl.envs.maniskill import (
     ManiSkillConfig,
     ManiSkillSetupError,
     ObsFormat,
+    grasped_flags,
     maniskill_make_kwargs,
     pirl_potential,
 )
@@ -39,12 +40,6 @@ def _numpy(x):
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def _grasped(info) -> np.ndarray:
-    """(N,) bool: any ``is_*grasped`` entry of a batched ManiSkill info."""
-    flags = [np.asarray(v, bool).reshape(-1) for k, v in info.items() if k.startswith("is_") and k.endswith("grasped")]
-    return np.any(flags, axis=0) if flags else np.zeros(0, bool)
 
 
 class ManiSkillBatchedVectorEnv(gym.vector.VectorEnv):
@@ -109,20 +104,22 @@ class ManiSkillBatchedVectorEnv(gym.vector.VectorEnv):
             infos = self._add_info(infos, info, i)
         return infos
 
-    def _potentials(self, info, rows) -> np.ndarray:
-        """Φ of the given rows after a step (updates their grasp counters)."""
-        grasped = _grasped(_numpy(info))
-        grasped = grasped[rows] if grasped.size else np.zeros(len(rows), bool)
+    def _success(self, info_np) -> np.ndarray:
+        return np.asarray(info_np.get("success", np.zeros(self.num_envs, bool)), bool).reshape(-1)
+
+    def _potentials(self, info_np, rows) -> np.ndarray:
+        """Φ of the given rows after a step (updates their grasp counters); ``info_np``
+        is the batched info in numpy."""
+        grasped = np.broadcast_to(grasped_flags(info_np), (self.num_envs,))[rows]
         self._grasp_steps[rows] = np.where(grasped, self._grasp_steps[rows] + 1, 0)
-        success = np.asarray(_numpy(info).get("success", np.zeros(self.num_envs, bool)), bool).reshape(-1)[rows]
-        return pirl_potential(grasped, self._grasp_steps[rows], success)
+        return pirl_potential(grasped, self._grasp_steps[rows], self._success(info_np)[rows])
 
     # -- gymnasium API ----------------------------------------------------------------
     def reset(self, *, seed=None, options=None):
         raw, info = self.env.reset(seed=seed, options=options)
         all_rows = np.arange(self.num_envs)
         self._grasp_steps[:] = 0
-        self._potential = self._potentials(info, all_rows)
+        self._potential = self._potentials(_numpy(info), all_rows)
         self._pending[:] = False
         return self._format(raw), self._infos(np.zeros(self.num_envs, bool), np.zeros(self.num_envs, int))
 
@@ -140,10 +137,10 @@ class ManiSkillBatchedVectorEnv(gym.vector.VectorEnv):
         for j in range(self.chunk):
             raw, reward, term, trunc, info = self.env.step(torch.as_tensor(actions[:, j], device=self._device))
             info_np = _numpy(info)
-            step_success = np.asarray(info_np.get("success", np.zeros(n, bool)), bool).reshape(-1)
+            step_success = self._success(info_np)
             rows = np.flatnonzero(active)
             if self.config.reward_mode == "pirl":
-                potential = self._potentials(info, rows)
+                potential = self._potentials(info_np, rows)
                 rewards[rows] += potential - self._potential[rows]
                 self._potential[rows] = potential
             elif self.config.reward_mode == "sparse":
@@ -170,7 +167,7 @@ class ManiSkillBatchedVectorEnv(gym.vector.VectorEnv):
         if pending.size:  # next-step autoreset: first observation of the new episode
             raw, info = self.env.reset(options={"env_idx": torch.as_tensor(pending, device=self._device)})
             self._grasp_steps[pending] = 0
-            self._potential[pending] = self._potentials(info, pending)
+            self._potential[pending] = self._potentials(_numpy(info), pending)
             reset_obs = self._format(raw)
             for key in obs:
                 obs[key][pending] = reset_obs[key][pending]
