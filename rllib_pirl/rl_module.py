@@ -60,12 +60,16 @@ def build_model(model_config: dict[str, Any], observation_space, action_space):
 
     init = model_config.get("init_checkpoint")
     if init:
-        return load_model(init, observation_space, action_space, model_config.get("noise_std_range"))
+        return load_model(
+            init, observation_space, action_space, model_config.get("noise_std_range"), model_config.get("instructions")
+        )
     cls = model_config.get("model_class", DEFAULT_MODEL)
     if isinstance(cls, str):
         cls = import_object(cls)
     kwargs = dict(model_config.get("model_kwargs") or {})
     kwargs.setdefault("noise_std_range", tuple(model_config.get("noise_std_range", (0.08, 0.16))))
+    if getattr(cls, "uses_instructions", False) and model_config.get("instructions") is not None:
+        kwargs.setdefault("instructions", list(model_config["instructions"]))
     if hasattr(cls, "from_spaces"):
         return cls.from_spaces(observation_space, action_space, **kwargs)
     if not isinstance(observation_space, gym.spaces.Box):

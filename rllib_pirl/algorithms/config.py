@@ -96,7 +96,11 @@ class FlowPPOConfig(PPOConfig):
         super().validate()
         for message in flow_config_errors(self):
             self._value_error(message)
-        from rllib_pirl.envs import VECTOR_ENVS
+        from rllib_pirl.envs import ENV_INSTRUCTIONS, VECTOR_ENVS
+
+        if self.env in ENV_INSTRUCTIONS and "instructions" not in self._model_config and not self._is_frozen:
+            # Models with a prompt (π0 / π0.5) tokenise the instruction of each task_id.
+            self._model_config = dict(self._model_config, instructions=ENV_INSTRUCTIONS[self.env](self.env_config))
 
         if self.env in VECTOR_ENVS and self.gym_env_vectorize_mode != "vector_entry_point" and not self._is_frozen:
             # The env makes its own vector env (one simulator per process).

@@ -43,6 +43,13 @@ def make_maniskill_task_envs(env_config) -> list[gym.Env]:
     return make(env_config)
 
 
+def maniskill_instructions(env_config) -> list[str]:
+    """The instruction of each task of a ManiSkill env_config (index = ``task_id``)."""
+    from rllib_pirl.envs.maniskill import ManiSkillConfig
+
+    return ManiSkillConfig.from_env_config(env_config).instruction_list()
+
+
 #: The env names that importing rllib_pirl registers with Ray Tune / RLlib.
 ENV_CREATORS = {"ChunkedGym": make_chunked_gym_env, "PointReach": make_point_reach, "ManiSkill": make_maniskill}
 #: Envs that build their own vector env from ``env_config["num_envs"]`` (one simulator
@@ -50,5 +57,8 @@ ENV_CREATORS = {"ChunkedGym": make_chunked_gym_env, "PointReach": make_point_rea
 VECTOR_ENVS = ("ManiSkill",)
 #: Envs evaluated task by task: name -> creator of one single env per task.
 PER_TASK_ENV_CREATORS = {"ManiSkill": make_maniskill_task_envs}
+#: Envs whose observations carry a ``task_id``: name -> its instructions from env_config
+#: (the algorithm config hands them to models with prompts, π0 / π0.5).
+ENV_INSTRUCTIONS = {"ManiSkill": maniskill_instructions}
 
 __all__ = ["ENV_CREATORS", "ActionChunkWrapper", "PointReachEnv", "make_chunked_gym_env", "make_point_reach"]

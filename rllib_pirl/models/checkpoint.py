@@ -17,7 +17,11 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def save_model(model, path: str, metadata: dict[str, Any] | None = None) -> None:
-    """Write ``model`` (which has ``init_kwargs``) to the folder ``path`` atomically."""
+    """Write ``model`` (which has ``init_kwargs``) to the folder ``path`` atomically
+    (models with their own layout, π0 / π0.5, write it with ``save_pretrained``)."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(path, metadata=metadata)
+        return
     tmp = path.rstrip("/") + ".tmp"
     os.makedirs(tmp, exist_ok=True)
     cls = type(model)
@@ -53,13 +57,17 @@ def read_config(path: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def load_model(path: str, observation_space=None, action_space=None, noise_std_range=None):
+def load_model(path: str, observation_space=None, action_space=None, noise_std_range=None, instructions=None):
     """Rebuild and load a model; check it fits the env's spaces when given.
 
     ``noise_std_range`` (the RL config's) replaces the stored one: SFT does not train
-    the noise head.
+    the noise head. ``instructions`` (the env's) replace the stored prompts of models
+    that have prompts.
     """
     config = read_config(path)
+    if "rllib_pirl" in config:  # a π0 / π0.5 folder in the lerobot layout
+        cls = import_object(config["rllib_pirl"]["model_class"])
+        return cls.load_checkpoint(path, observation_space, action_space, noise_std_range, instructions)
     kwargs = dict(config["model_kwargs"])
     if noise_std_range is not None:
         kwargs["noise_std_range"] = list(noise_std_range)

@@ -1,0 +1,280 @@
+"""π0 and π0.5 as :class:`FlowActionModel` s (the RLModule runs either unchanged).
+
+Both: the VLM prefix (cameras + prompt) runs once per observation into a KV cache
+(:meth:`encode`); every denoising step runs only the action expert over the
+suffix (:meth:`velocity`). With ``train_expert_only`` (the default) the VLM is
+frozen and its prefix is computed without gradient, in rollouts and in the learner.
+
+They differ in the suffix and the critic:
+
+- π0: suffix = [state token, H action tokens]; action token = MLP([W·x_t, φ(t)]),
+  φ the sinusoidal time embedding; the state token is a block the actions see but
+  that does not see them. Value head on the mean of the expert's action-token
+  outputs (input detached), evaluated at x = 0, t = 1 (a function of the
+  observation only).
+- π0.5: the normalised state is discretised into the prompt; suffix = H action
+  tokens W·x_t; the time conditions every expert norm (adaRMS, cond =
+  swish(MLP(φ(t)))). Value head on the mean of the VLM's prefix outputs (detached).
+
+Flow-Noise's noise head reads the expert's action-token outputs of each step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rllib_pirl.flow import bounded_std
+from rllib_pirl.models.base import FlowActionModel
+from rllib_pirl.models.mlp import mlp
+from rllib_pirl.models.pi0.backbone import PaliGemmaWithExpert, PrefixCache
+from rllib_pirl.models.pi0.config import PiConfig
+from rllib_pirl.models.pi0.inputs import PromptTokenizer, affine_from_stats, discretize_state, resize_with_pad
+
+
+def time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:
+    """φ(t) = [sin(2π·t/p_i), cos(2π·t/p_i)], p_i = p_min·(p_max/p_min)^(i/(dim/2 − 1)), in fp32."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float32, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angles = t.float()[:, None] * (2.0 * math.pi / period)[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+@dataclass
+class PiContext:
+    """What :meth:`PiPolicy.encode` computes once per observation."""
+
+    cache: PrefixCache
+    state: torch.Tensor  # (B, max_state_dim) normalised, zero-padded
+
+
+class PiPolicy(FlowActionModel):
+    """π0 / π0.5 flow policy with πRL's value and noise heads (see module docstring).
+
+    ``state_dim``: the env's state dims (≤ ``max_state_dim``); ``camera_keys``: the
+    observation's images, in the model's camera order; ``instructions``: the prompt of
+    each ``task_id``; ``tokenizer``: path of PaliGemma's SentencePiece model;
+    ``norm_stats`` / ``norm_modes``: ``{"state": {...}, "actions": {...}}`` statistics
+    (mean/std/q01/q99) and their modes (``mean_std``, ``quantile``, ``identity``).
+    """
+
+    uses_instructions = True  # the RLModule passes the env's instructions
+
+    def __init__(
+        self,
+        pi_config: dict[str, Any] | PiConfig,
+        state_dim: int,
+        camera_keys: Sequence[str],
+        tokenizer: str,
+        instructions: Sequence[str] | None = None,
+        norm_stats: dict[str, dict[str, Sequence[float]]] | None = None,
+        norm_modes: dict[str, str] | None = None,
+        noise_std_range: Sequence[float] = (0.08, 0.16),
+        value_hidden_sizes: Sequence[int] = (256,),
+        noise_hidden_sizes: Sequence[int] = (128,),
+        train_expert_only: bool = True,
+    ):
+        super().__init__()
+        config = pi_config if isinstance(pi_config, PiConfig) else PiConfig.from_dict(pi_config)
+        default_modes = {"state": "quantile", "actions": "quantile"} if config.variant == "pi05" else {}
+        norm_modes = {"state": "mean_std", "actions": "mean_std", **default_modes, **(norm_modes or {})}
+        self.init_kwargs = {
+            "pi_config": config.to_dict(),
+            "state_dim": state_dim,
+            "camera_keys": list(camera_keys),
+            "tokenizer": tokenizer,
+            "instructions": list(instructions) if instructions is not None else None,
+            "norm_stats": norm_stats,
+            "norm_modes": norm_modes,
+            "noise_std_range": list(noise_std_range),
+            "value_hidden_sizes": list(value_hidden_sizes),
+            "noise_hidden_sizes": list(noise_hidden_sizes),
+            "train_expert_only": train_expert_only,
+        }
+        if state_dim > config.max_state_dim:
+            raise ValueError(f"The env's state has {state_dim} dims, more than the model's {config.max_state_dim}.")
+        if not camera_keys:
+            raise ValueError("π0 / π0.5 need at least one camera image in the observation (camera_keys is empty).")
+        self.config = config
+        self.horizon, self.action_dim = config.chunk_size, config.max_action_dim
+        self.state_dim, self.camera_keys = state_dim, list(camera_keys)
+        self.std_min, self.std_max = float(noise_std_range[0]), float(noise_std_range[1])
+        self.train_expert_only = train_expert_only
+        self.tokenizer = PromptTokenizer(tokenizer, config.max_token_len)
+        if self.tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(
+                f"The tokenizer {tokenizer} has {self.tokenizer.vocab_size} tokens, more than the model's "
+                f"vocabulary of {config.vocab_size}: wrong tokenizer for this checkpoint."
+            )
+        self.instructions = list(instructions) if instructions else [""]
+        self.norm_stats, self.norm_modes = norm_stats, norm_modes
+        for name, dim in (("state", config.max_state_dim), ("actions", config.max_action_dim)):
+            loc, scale = affine_from_stats((norm_stats or {}).get(name), norm_modes[name], dim)
+            self.register_buffer(f"{name}_loc", torch.from_numpy(loc), persistent=False)
+            self.register_buffer(f"{name}_scale", torch.from_numpy(scale), persistent=False)
+        if config.variant == "pi0":
+            # π0's prompt does not depend on the state: tokenise each task once.
+            tokens, mask = self.tokenizer.pad([self.tokenizer.pi0_ids(text) for text in self.instructions])
+            self.register_buffer("task_tokens", tokens, persistent=False)
+            self.register_buffer("task_token_mask", mask, persistent=False)
+
+        width = config.expert.width
+        self.backbone = PaliGemmaWithExpert(config)
+        self.action_in_proj = nn.Linear(config.max_action_dim, width)
+        self.action_out_proj = nn.Linear(width, config.max_action_dim)
+        if config.variant == "pi0":
+            self.state_proj = nn.Linear(config.max_state_dim, width)
+            self.action_time_mlp_in = nn.Linear(2 * width, width)
+            self.action_time_mlp_out = nn.Linear(width, width)
+        else:
+            self.time_mlp_in = nn.Linear(width, width)
+            self.time_mlp_out = nn.Linear(width, width)
+        value_in = width if config.variant == "pi0" else config.vlm.width
+        self.value_head = mlp([value_in, *value_hidden_sizes, 1])
+        self.noise_head = mlp([width, *noise_hidden_sizes, config.max_action_dim])
+        if train_expert_only:
+            self.backbone.paligemma.requires_grad_(False)
+
+    # -- construction from env spaces ------------------------------------------------
+    @classmethod
+    def from_spaces(cls, observation_space, action_space, pretrained: str | None = None, **kwargs):
+        """Build for a Dict observation with ``state``, camera images (H, W, 3) and
+        ``task_id``; ``pretrained`` loads a lerobot / openpi / rllib_pirl checkpoint."""
+        if not isinstance(observation_space, gym.spaces.Dict) or "state" not in observation_space.spaces:
+            raise TypeError(
+                f"π0 / π0.5 need a Dict observation with 'state' and camera images, got {observation_space}. "
+                "Use env_config.obs_mode: rgb (or state+rgb)."
+            )
+        cameras = [k for k, s in observation_space.spaces.items() if len(s.shape) == 3 and s.shape[-1] == 3]
+        kwargs.setdefault("camera_keys", cameras)
+        unknown = [k for k in kwargs["camera_keys"] if k not in observation_space.spaces]
+        if unknown:
+            raise ValueError(f"camera_keys {unknown} are not in the observation (it has {list(observation_space)}).")
+        kwargs.setdefault("state_dim", int(np.prod(observation_space["state"].shape)))
+        if pretrained:
+            from rllib_pirl.models.pi0.layouts import load_pretrained
+
+            model = load_pretrained(pretrained, cls, **kwargs)
+        else:
+            kwargs.setdefault("pi_config", PiConfig.tiny().to_dict())
+            model = cls(**kwargs)
+        model.check_spaces(observation_space, action_space)
+        return model
+
+    @classmethod
+    def load_checkpoint(cls, path, observation_space=None, action_space=None, noise_std_range=None, instructions=None):
+        """Load a checkpoint folder (ours, lerobot's or openpi's) as the RL start."""
+        from rllib_pirl.models.pi0.layouts import load_pretrained
+
+        model = load_pretrained(path, cls, noise_std_range=noise_std_range, instructions=instructions)
+        if observation_space is not None and action_space is not None:
+            model.check_spaces(observation_space, action_space)
+        return model
+
+    def save_pretrained(self, path: str, layout: str = "lerobot", metadata: dict | None = None) -> None:
+        """Write the lerobot (or openpi) layout with statistics, tokenizer and RL heads."""
+        from rllib_pirl.models.pi0.layouts import save_pretrained
+
+        save_pretrained(self, path, layout, metadata)
+
+    def check_spaces(self, observation_space, action_space) -> None:
+        """Clear errors when the env's state, actions or chunk do not fit the model."""
+        c = self.config
+        state = int(np.prod(observation_space["state"].shape))
+        if state != self.state_dim:
+            raise ValueError(f"The model was built for a {self.state_dim}-D state, the env gives {state} dims.")
+        chunk, dims = action_space.shape
+        if chunk > c.chunk_size or dims > c.max_action_dim:
+            raise ValueError(
+                f"The env wants chunks of {chunk} x {dims} actions; the model predicts {c.chunk_size} x "
+                f"{c.max_action_dim}. Lower env_config.action_chunk or use a model with larger chunk_size."
+            )
+        stats = (self.norm_stats or {}).get("actions")
+        if stats and self.norm_modes["actions"] != "identity":
+            n = len(next(iter(stats.values())))
+            if n != dims:
+                raise ValueError(
+                    f"The checkpoint's action statistics have {n} dims, the env's actions {dims}: "
+                    "this checkpoint was trained for another robot / control mode."
+                )
+
+    # -- observation pipeline --------------------------------------------------------
+    def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(state.float().flatten(1), (0, self.config.max_state_dim - self.state_dim))
+        return (padded - self.state_loc) / self.state_scale
+
+    def normalize_actions(self, actions):
+        padded = F.pad(actions, (0, self.config.max_action_dim - actions.shape[-1]))
+        return (padded - self.actions_loc) / self.actions_scale
+
+    def unnormalize_actions(self, x):
+        return x * self.actions_scale + self.actions_loc
+
+    def prompt(self, obs, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, mask) of each observation's prompt."""
+        task = obs["task_id"].long().view(-1).clamp(0, len(self.instructions) - 1) if "task_id" in obs else None
+        if task is None:
+            task = torch.zeros(state.shape[0], dtype=torch.long, device=state.device)
+        if self.config.variant == "pi0":
+            return self.task_tokens[task], self.task_token_mask[task]
+        bins = discretize_state(state[:, : self.state_dim].detach().cpu().numpy())
+        ids = [self.tokenizer.pi05_ids(self.instructions[i], b) for i, b in zip(task.tolist(), bins, strict=True)]
+        tokens, mask = self.tokenizer.pad(ids)
+        return tokens.to(state.device), mask.to(state.device)
+
+    def images(self, obs) -> torch.Tensor:
+        size = self.config.vision.image_size
+        return torch.stack([resize_with_pad(torch.as_tensor(obs[k]), size) for k in self.camera_keys], dim=1)
+
+    # -- FlowActionModel -------------------------------------------------------------
+    def encode(self, obs) -> PiContext:
+        state = self.normalize_state(obs["state"])
+        tokens, token_mask = self.prompt(obs, state)
+        images = self.images(obs).to(state.device)
+        image_mask = torch.ones(images.shape[:2], dtype=torch.bool, device=state.device)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.train_expert_only):
+            cache = self.backbone.prefix(images, image_mask, tokens, token_mask)
+        return PiContext(cache, state)
+
+    def _expert(self, context: PiContext, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The expert's outputs at the H action tokens, (B, H, width)."""
+        c = self.config
+        temb = time_embedding(t, c.expert.width, c.min_period, c.max_period).to(x_t.dtype)
+        actions = self.action_in_proj(x_t)
+        if c.variant == "pi0":
+            at = torch.cat([actions, temb[:, None, :].expand_as(actions)], dim=-1)
+            at = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(at)))
+            tokens = torch.cat([self.state_proj(context.state.to(x_t.dtype))[:, None], at], dim=1)
+            return self.backbone.suffix(context.cache, tokens, causal_head=1)[:, 1:]
+        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb))))
+        return self.backbone.suffix(context.cache, actions, cond=cond)
+
+    def velocity(self, context, x_t, t):
+        hidden = self._expert(context, x_t, t)
+        return self.action_out_proj(hidden), hidden
+
+    def value(self, context):
+        if self.config.variant == "pi0":
+            b = context.state.shape[0]
+            p = self.action_out_proj.weight
+            with torch.no_grad():
+                x = torch.zeros(b, self.horizon, self.action_dim, dtype=p.dtype, device=p.device)
+                features = self._expert(context, x, torch.ones(b, dtype=p.dtype, device=p.device)).mean(1)
+        else:
+            mask = context.cache.mask[..., None].to(context.cache.output.dtype)
+            features = ((context.cache.output * mask).sum(1) / mask.sum(1).clamp(min=1)).detach()
+        return self.value_head(features).squeeze(-1)
+
+    def noise_std(self, hidden):
+        return bounded_std(self.noise_head(hidden), self.std_min, self.std_max)
+
+    def value_parameters(self):
+        return self.value_head.parameters()
