@@ -65,12 +65,29 @@ def config_dict_for_rllib(config: dict[str, Any]) -> dict[str, Any]:
         init = model_config.get("init_checkpoint")
         if isinstance(init, str):
             # Relative to where `rllib` runs (Tune trials run in their own folders).
-            model_config["init_checkpoint"] = os.path.abspath(os.path.expanduser(init))
+            model_config["init_checkpoint"] = os.path.abspath(os.path.expanduser(os.path.expandvars(init)))
             if not is_model_checkpoint(model_config["init_checkpoint"]):
                 raise UsageError(
                     f"model_config.init_checkpoint: {init!r} is not a model checkpoint folder (config.json + "
                     "model.safetensors, from `rllib sft`); relative paths are resolved from the current directory."
                 )
+        kwargs = dict(model_config.get("model_kwargs") or {})
+        for key in ("pretrained", "tokenizer"):  # π0 / π0.5 files, checked before any rollout
+            value = kwargs.get(key)
+            if isinstance(value, str):
+                path = os.path.abspath(os.path.expanduser(os.path.expandvars(value)))
+                if not os.path.exists(path):
+                    raise UsageError(
+                        f"model_config.model_kwargs.{key}: {value!r} does not exist ({path}). "
+                        + (
+                            "Point it at a π0 / π0.5 checkpoint folder (lerobot, openpi or rllib_pirl layout)."
+                            if key == "pretrained"
+                            else "Point it at PaliGemma's SentencePiece tokenizer file."
+                        )
+                    )
+                kwargs[key] = path
+        if kwargs:
+            model_config["model_kwargs"] = kwargs
         config["_model_config"] = model_config
     return config
 
@@ -419,8 +436,10 @@ def cmd_sft(args) -> int:
     if missing:
         raise UsageError(f"No demos of {missing} under {args.demos}; found {demo_counts(demos)}.")
     demos = [d for d in demos if d.task in tasks]
-    hidden = [int(h) for h in args.hidden.split(",")]
     command = "rllib sft " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "rllib sft"
+    if args.model in ("pi0", "pi05"):
+        return _sft_pi(args, tasks, command)
+    hidden = [int(h) for h in args.hidden.split(",")]
     train_sft(
         demos,
         tasks,
@@ -434,6 +453,53 @@ def cmd_sft(args) -> int:
         seed=args.seed,
         metadata={"command": command, "demo_counts": demo_counts(demos)},
     )
+    return 0
+
+
+def _sft_pi(args, tasks, command) -> int:
+    """π0 / π0.5 SFT: re-render the demos with cameras, then flow matching."""
+    from rllib_pirl.demos import render_demos
+    from rllib_pirl.models.pi0 import PiConfig
+    from rllib_pirl.sft import demo_counts, train_pi_sft
+
+    if not args.tokenizer and not args.pretrained:
+        raise UsageError(
+            f"--model {args.model} needs --tokenizer PATH (PaliGemma's SentencePiece model, or a small one for "
+            "tiny models: `rllib tokenizer --out OUT.model`) or --pretrained CHECKPOINT with a tokenizer in it."
+        )
+    if args.tokenizer and not os.path.isfile(args.tokenizer):
+        raise UsageError(f"--tokenizer {args.tokenizer}: no such file.")
+    if args.camera_size < 1:
+        raise UsageError(f"--camera-size must be >= 1, got {args.camera_size}")
+    demos = render_demos(args.demos, args.camera_size, limit_per_task=args.num_demos)
+    demos = [d for d in demos if d.task in tasks]
+    if not demos:
+        raise UsageError("No demo replayed successfully with cameras; nothing to train on.")
+    train_pi_sft(
+        demos,
+        tasks,
+        args.out,
+        tokenizer=args.tokenizer,
+        variant=args.model,
+        pi_config=None if args.pretrained else PiConfig.tiny(args.model, chunk_size=args.chunk).to_dict(),
+        pretrained=args.pretrained,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        log_every=max(1, min(1000, args.steps // 20)),
+        metadata={"command": command, "demo_counts": demo_counts(demos), "camera_size": args.camera_size},
+    )
+    return 0
+
+
+def cmd_tokenizer(args) -> int:
+    """A small SentencePiece tokenizer for the tiny π0 / π0.5 (trained on the instructions)."""
+    from rllib_pirl.envs.maniskill import TASK_INSTRUCTIONS
+    from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
+
+    sentences = sorted(TASK_INSTRUCTIONS.values()) + list(args.sentence or [])
+    print(f"[tokenizer] wrote {train_tiny_tokenizer(args.out, sentences, args.vocab_size)}")
     return 0
 
 
@@ -505,8 +571,9 @@ def make_parser() -> argparse.ArgumentParser:
     sf = sub.add_parser(
         "sft",
         help="few-shot SFT: flow-matching behaviour cloning on demos",
-        description="Train a state flow policy by flow matching on demos and write a model checkpoint folder that a "
-        "yaml names as the RL starting point (model_config: {init_checkpoint: OUT}).",
+        description="Train a flow policy by flow matching on demos and write a model checkpoint folder that a "
+        "yaml names as the RL starting point (model_config: {init_checkpoint: OUT}): the state MLP policy, or "
+        "(--model pi0 / pi05) π0 / π0.5 on the demos re-rendered with the env's cameras.",
     )
     sf.add_argument("--demos", nargs="+", required=True, help="demo .h5 files or folders (from `rllib demos`)")
     sf.add_argument("--out", required=True, help="checkpoint folder to write")
@@ -520,7 +587,27 @@ def make_parser() -> argparse.ArgumentParser:
     sf.add_argument("--hidden", default="256,256,256", help="velocity MLP widths (default 256,256,256)")
     sf.add_argument("--seed", type=int, default=0)
     sf.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    sf.add_argument(
+        "--model",
+        default="state",
+        choices=["state", "pi0", "pi05"],
+        help="state: the MLP state flow policy; pi0 / pi05: a π0 / π0.5 on the demos re-rendered with cameras "
+        "(tiny CPU size unless --pretrained), written in the lerobot layout",
+    )
+    sf.add_argument("--tokenizer", help="π0 / π0.5: SentencePiece tokenizer file")
+    sf.add_argument("--pretrained", help="π0 / π0.5: start from this lerobot / openpi checkpoint")
+    sf.add_argument("--camera-size", type=int, default=32, help="π0 / π0.5: camera resolution in px (= env_config)")
     sf.set_defaults(func=cmd_sft)
+    tk = sub.add_parser(
+        "tokenizer",
+        help="train a small SentencePiece tokenizer for tiny π0 / π0.5 models",
+        description="Train a small SentencePiece tokenizer (byte fallback, digits, the ManiSkill instructions and "
+        "any --sentence) for the tiny CPU π0 / π0.5 models. Real checkpoints need PaliGemma's own tokenizer.",
+    )
+    tk.add_argument("--out", required=True, help="the .model file to write")
+    tk.add_argument("--sentence", action="append", help="extra training sentence (repeatable)")
+    tk.add_argument("--vocab-size", type=int, default=400, help="at most the model's vocabulary (default 400)")
+    tk.set_defaults(func=cmd_tokenizer)
     return parser
 
 

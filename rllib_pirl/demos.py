@@ -25,6 +25,7 @@ import numpy as np
 MOTION_PLANNING = "mani_skill.examples.motionplanning.panda.run"
 REPLAY = "mani_skill.trajectory.replay_trajectory"
 TRAJ_NAME = "demos"
+CAMERA_KEYS = ("base_camera", "hand_camera")
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Demo:
     task: str
     obs: np.ndarray  # (T + 1, state_dim)
     actions: np.ndarray  # (T, action_dim)
+    #: camera observations (T + 1, H, W, 3) uint8 per camera, from :func:`render_demos`
+    #: (then ``obs`` is the env's proprioceptive state of obs_mode "rgb").
+    images: dict[str, np.ndarray] | None = None
 
 
 def motion_planning_tasks() -> list[str]:
@@ -164,3 +168,95 @@ def load_demos(paths: Sequence[str], limit_per_task: int | None = None) -> list[
                 demos.append(Demo(task, np.asarray(group["obs"], np.float32), np.asarray(group["actions"], np.float32)))
                 counts[task] = counts.get(task, 0) + 1
     return demos
+
+
+def rendered_path(path: str, camera_size: int) -> str:
+    """Where :func:`render_demos` keeps the camera version of a converted demo file:
+    ``demos.rgbSIZE.CONTROL.physx_cpu.h5`` beside it (``traj_N/{state, base_camera,
+    hand_camera, actions}``; episodes that failed on replay listed in the ``dropped``
+    attribute)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, name.replace(".state.", f".rgb{camera_size}.", 1))
+
+
+def render_demos(paths: Sequence[str], camera_size: int, limit_per_task: int | None = None) -> list[Demo]:
+    """Re-run state demos in rllib_pirl's own ManiSkill env with cameras (obs_mode "rgb",
+    ``camera_size`` px): each episode starts from its recorded first env state and
+    replays its actions, so observations are exactly what the RL env produces. An
+    episode that does not end in success on replay is dropped (and counted). Rendered
+    episodes are kept in :func:`rendered_path` and reused."""
+    import h5py
+
+    demos: list[Demo] = []
+    for path in demo_files(paths):
+        with open(os.path.splitext(path)[0] + ".json") as f:
+            meta = json.load(f)
+        task = meta["env_info"]["env_id"]
+        episodes = meta["episodes"][:limit_per_task] if limit_per_task else meta["episodes"]
+        cache = rendered_path(path, camera_size)
+        with h5py.File(cache, "a") as out:
+            dropped = set(out.attrs.get("dropped", []))
+            todo = [e for e in episodes if f"traj_{e['episode_id']}" not in out and e["episode_id"] not in dropped]
+            if todo:
+                _render_into(out, path, meta, todo, camera_size, dropped)
+            for e in episodes:
+                key = f"traj_{e['episode_id']}"
+                if key in out:
+                    group = out[key]
+                    images = {cam: np.asarray(group[cam]) for cam in CAMERA_KEYS if cam in group}
+                    demos.append(Demo(task, np.asarray(group["state"]), np.asarray(group["actions"]), images))
+        kept = sum(1 for d in demos if d.task == task)
+        print(f"[demos] {task}: {kept} demos with {camera_size}-px cameras ({cache}; {len(episodes) - kept} dropped)")
+    return demos
+
+
+def _render_into(out, path: str, meta: dict, episodes: list, camera_size: int, dropped: set) -> None:
+    import h5py
+    from mani_skill.trajectory import utils as trajectory_utils
+    from mani_skill.utils import common
+
+    from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
+
+    task = meta["env_info"]["env_id"]
+    control = meta["env_info"]["env_kwargs"]["control_mode"]
+    config = ManiSkillConfig(
+        tasks=[task], obs_mode="rgb", camera_size=camera_size, control_mode=control, max_episode_steps=10_000
+    )
+    env = ManiSkillTaskEnv(config)
+    base = env.env.unwrapped
+    try:
+        with h5py.File(path, "r") as f:
+            for n, episode in enumerate(episodes):
+                group = f[f"traj_{episode['episode_id']}"]
+                env.reset(seed=episode.get("episode_seed", episode.get("reset_kwargs", {}).get("seed")))
+                first = trajectory_utils.index_dict(group["env_states"], 0)
+                # The env's robot is "panda_wristcam" (it carries the hand camera): the
+                # same arm as the demos' "panda", under its own name.
+                own = list(base.get_state_dict()["articulations"])
+                first["articulations"] = dict(zip(own, first["articulations"].values(), strict=True))
+                base.set_state_dict(trajectory_utils.list_of_dicts_to_dict([first]))
+                frames = [env.obs_format(common.unbatch(common.to_numpy(base.get_obs())))]
+                actions = np.asarray(group["actions"], np.float32)
+                success = False
+                for action in actions:
+                    obs, _, _, _, info = env.step(action)
+                    frames.append(obs)
+                    success = info["success"]
+                if success:  # written under a temporary name, renamed when complete
+                    name, tmp = f"traj_{episode['episode_id']}", f"partial_traj_{episode['episode_id']}"
+                    if tmp in out:
+                        del out[tmp]
+                    traj = out.create_group(tmp)
+                    traj.create_dataset("state", data=np.stack([o["state"] for o in frames]))
+                    traj.create_dataset("actions", data=actions)
+                    for cam in CAMERA_KEYS:
+                        traj.create_dataset(cam, data=np.stack([o[cam] for o in frames]), compression="gzip")
+                    out.move(tmp, name)
+                else:
+                    dropped.add(episode["episode_id"])
+                    out.attrs["dropped"] = sorted(dropped)
+                out.flush()
+                if (n + 1) % 10 == 0 or n + 1 == len(episodes):
+                    print(f"[demos] rendered {n + 1}/{len(episodes)} {task} demos at {camera_size} px", flush=True)
+    finally:
+        env.close()

@@ -1,12 +1,13 @@
-"""Few-shot SFT: flow-matching behaviour cloning of a state flow policy on demos.
+"""Few-shot SFT: flow-matching behaviour cloning on demos (state flow policy, or π0 /
+π0.5 on demos re-rendered with cameras).
 
 Every step t of a demo gives one pair (observation o_t, action chunk a_{t:t+H}); the
 chunk is padded past the episode's end by repeating the last action. The policy
 learns the velocity field by the conditional flow-matching loss of
 :meth:`FlowActionModel.flow_matching_loss`, with observations and actions
 normalised by the demos' statistics (stored in the model). The result is a model
-checkpoint (``config.json`` + ``model.safetensors``) that a yaml names as the RL
-starting point: ``model_config: {init_checkpoint: DIR}``.
+checkpoint (``config.json`` + ``model.safetensors``; π0 / π0.5 in the lerobot layout)
+that a yaml names as the RL starting point: ``model_config: {init_checkpoint: DIR}``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from rllib_pirl.models.checkpoint import save_model
 
 
 def chunk_dataset(demos: Sequence[Demo], tasks: Sequence[str], chunk: int, state_dim: int) -> dict[str, torch.Tensor]:
-    """All (state, task id, action chunk) pairs of the demos."""
+    """All (state, task id, [camera images,] action chunk) pairs of the demos."""
     states, task_ids, chunks = [], [], []
+    images: dict[str, list[np.ndarray]] = {}
     for demo in demos:
         if demo.task not in tasks:
             raise ValueError(f"A demo of {demo.task!r} is not among the tasks {list(tasks)}.")
@@ -38,11 +40,70 @@ def chunk_dataset(demos: Sequence[Demo], tasks: Sequence[str], chunk: int, state
         states.append(obs)
         task_ids.append(np.full(steps, list(tasks).index(demo.task), np.int64))
         chunks.append(np.stack([padded[t : t + chunk] for t in range(steps)]))
-    return {
+        for cam, frames in (demo.images or {}).items():
+            images.setdefault(cam, []).append(frames[:steps])
+    data = {
         "state": torch.from_numpy(np.concatenate(states)),
         "task_id": torch.from_numpy(np.concatenate(task_ids))[:, None],
         "actions": torch.from_numpy(np.concatenate(chunks)),
     }
+    data.update({cam: torch.from_numpy(np.concatenate(frames)) for cam, frames in images.items()})
+    return data
+
+
+def norm_stats(data: dict[str, torch.Tensor]) -> dict[str, dict[str, list[float]]]:
+    """mean / std / q01 / q99 of the states and actions (the checkpoint's statistics)."""
+    stats = {}
+    for name, x in (("state", data["state"]), ("actions", data["actions"].reshape(-1, data["actions"].shape[-1]))):
+        x = x.float()
+        stats[name] = {
+            "mean": x.mean(0).tolist(),
+            "std": x.std(0).clamp(min=1e-2).tolist(),
+            "q01": torch.quantile(x, 0.01, dim=0).tolist(),
+            "q99": torch.quantile(x, 0.99, dim=0).tolist(),
+        }
+    return stats
+
+
+def fit(model, data: dict[str, torch.Tensor], steps: int, batch_size: int, lr: float, seed: int, log_every: int):
+    """Minimise the flow-matching loss over random minibatches (AdamW, cosine decay);
+    the RL heads (value, noise) and frozen parameters are left alone."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    rng = np.random.default_rng(seed)
+    n = data["actions"].shape[0]
+    params = [
+        p
+        for name, p in model.named_parameters()
+        if p.requires_grad and not name.startswith(("value_head", "noise_head"))
+    ]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    model.train()
+    start, running = time.time(), []
+    for step in range(1, steps + 1):
+        idx = torch.from_numpy(rng.integers(0, n, batch_size))
+        loss = model.flow_matching_loss({k: v[idx] for k, v in data.items() if k != "actions"}, data["actions"][idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        running.append(loss.item())
+        if step % log_every == 0 or step == steps:
+            print(f"[sft] step {step}/{steps}  loss {np.mean(running):.4f}  ({time.time() - start:.0f} s)", flush=True)
+            running = []
+    model.eval()
+
+
+def _describe(demos, tasks, data, chunk, steps, batch_size) -> None:
+    extra = [k for k in data if k not in ("state", "task_id", "actions")]
+    print(
+        f"[sft] {len(demos)} demos, {data['actions'].shape[0]} (observation, chunk) pairs, tasks {list(tasks)}, "
+        f"chunk {chunk}, state {data['state'].shape[1]}, actions {data['actions'].shape[-1]}"
+        + (f", cameras {extra} {tuple(data[extra[0]].shape[1:3])}" if extra else "")
+        + f", {steps} steps of batch {batch_size}",
+        flush=True,
+    )
 
 
 def train_sft(
@@ -59,49 +120,89 @@ def train_sft(
     log_every: int = 1000,
     metadata: dict | None = None,
 ) -> StateFlowPolicy:
-    """Train by flow matching and write the checkpoint folder ``out``."""
+    """Train a state flow policy by flow matching and write the checkpoint folder ``out``."""
     if not demos:
         raise ValueError("No demonstrations to train on.")
-    if chunk < 1 or steps < 1 or batch_size < 1:
-        raise ValueError(f"chunk, steps and batch_size must be >= 1, got {chunk}, {steps}, {batch_size}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     state_dim = state_dim or max(d.obs.shape[1] for d in demos)
     data = chunk_dataset(demos, tasks, chunk, state_dim)
-    n, action_dim = data["actions"].shape[0], data["actions"].shape[-1]
+    data = {k: data[k] for k in ("state", "task_id", "actions")}
+    action_dim = data["actions"].shape[-1]
     model = StateFlowPolicy(
         obs_dim=state_dim, horizon=chunk, action_dim=action_dim, hidden_sizes=hidden_sizes, num_tasks=len(tasks)
     )
+    stats = norm_stats(data)
     with torch.no_grad():
-        model.obs_mean.copy_(data["state"].mean(0))
-        model.obs_std.copy_(data["state"].std(0).clamp(min=1e-2))
-        flat = data["actions"].reshape(-1, action_dim)
-        model.action_mean.copy_(flat.mean(0))
-        model.action_std.copy_(flat.std(0).clamp(min=1e-2))
-    policy_params = [p for name, p in model.named_parameters() if not name.startswith(("value_head", "noise_head"))]
-    optimizer = torch.optim.AdamW(policy_params, lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
-    print(
-        f"[sft] {len(demos)} demos, {n} (state, chunk) pairs, tasks {list(tasks)}, chunk {chunk}, "
-        f"state {state_dim}, actions {action_dim}, {steps} steps of batch {batch_size}",
-        flush=True,
-    )
-    start, running = time.time(), []
-    for step in range(1, steps + 1):
-        idx = torch.from_numpy(rng.integers(0, n, batch_size))
-        loss = model.flow_matching_loss(
-            {"state": data["state"][idx], "task_id": data["task_id"][idx]}, data["actions"][idx]
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        running.append(loss.item())
-        if step % log_every == 0 or step == steps:
-            print(f"[sft] step {step}/{steps}  loss {np.mean(running):.4f}  ({time.time() - start:.0f} s)", flush=True)
-            running = []
+        model.obs_mean.copy_(torch.tensor(stats["state"]["mean"]))
+        model.obs_std.copy_(torch.tensor(stats["state"]["std"]))
+        model.action_mean.copy_(torch.tensor(stats["actions"]["mean"]))
+        model.action_std.copy_(torch.tensor(stats["actions"]["std"]))
+    _describe(demos, tasks, data, chunk, steps, batch_size)
+    fit(model, data, steps, batch_size, lr, seed, log_every)
     info = {"tasks": list(tasks), "chunk": chunk, "num_demos": len(demos), "steps": steps, "seed": seed}
     save_model(model, out, metadata={**info, **(metadata or {})})
+    print(f"[sft] wrote {out}", flush=True)
+    return model
+
+
+def train_pi_sft(
+    demos: Sequence[Demo],
+    tasks: Sequence[str],
+    out: str,
+    tokenizer: str,
+    variant: str = "pi0",
+    pi_config: dict | None = None,
+    pretrained: str | None = None,
+    instructions: Sequence[str] | None = None,
+    steps: int = 2000,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    seed: int = 0,
+    log_every: int = 100,
+    train_vlm: bool = True,
+    metadata: dict | None = None,
+):
+    """Train π0 / π0.5 by flow matching on demos with camera images (:func:`render_demos`)
+    and write a checkpoint folder in the lerobot layout. From ``pretrained`` weights, or
+    random ones of ``pi_config`` (default: the tiny CPU size). Chunks are the model's
+    ``chunk_size``; statistics (mean/std, q01/q99) come from the demos. ``train_vlm``:
+    train the VLM too (needed from random weights); the checkpoint is written with
+    ``train_expert_only`` on, the RL default."""
+    from rllib_pirl.envs import maniskill_instructions
+    from rllib_pirl.models.pi0 import PiConfig, PiPolicy
+
+    if not demos or demos[0].images is None:
+        raise ValueError("π0 / π0.5 SFT needs demos with camera images (rendered with render_demos).")
+    torch.manual_seed(seed)
+    cameras = list(demos[0].images)
+    state_dim = max(d.obs.shape[1] for d in demos)
+    instructions = list(instructions or maniskill_instructions({"tasks": list(tasks)}))
+    kwargs = {
+        "state_dim": state_dim,
+        "camera_keys": cameras,
+        "tokenizer": tokenizer,
+        "instructions": instructions,
+        "train_expert_only": not train_vlm,
+    }
+    if pretrained:
+        from rllib_pirl.models.pi0.layouts import load_pretrained
+
+        model = load_pretrained(pretrained, PiPolicy, **kwargs)
+        chunk = model.config.chunk_size
+        data = chunk_dataset(demos, tasks, chunk, state_dim)
+        model = load_pretrained(pretrained, PiPolicy, norm_stats=norm_stats(data), **kwargs)
+    else:
+        config = PiConfig.from_dict(pi_config) if pi_config else PiConfig.tiny(variant)
+        chunk = config.chunk_size
+        data = chunk_dataset(demos, tasks, chunk, state_dim)
+        model = PiPolicy(config, norm_stats=norm_stats(data), **kwargs)
+    _describe(demos, tasks, data, chunk, steps, batch_size)
+    fit(model, data, steps, batch_size, lr, seed, log_every)
+    info = {"tasks": list(tasks), "chunk": chunk, "num_demos": len(demos), "steps": steps, "seed": seed}
+    model.init_kwargs["train_expert_only"] = True  # RL fine-tunes the expert (πRL's default)
+    model.save_pretrained(out, metadata={**info, **(metadata or {})})
     print(f"[sft] wrote {out}", flush=True)
     return model
 

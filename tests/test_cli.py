@@ -26,10 +26,27 @@ def test_help_explains_both_commands():
 
 
 @pytest.mark.parametrize("example", sorted(os.listdir(os.path.join(REPO, "tuned_examples"))))
-def test_tuned_examples_are_valid(example):
-    from rllib_pirl.cli import build_config, load_experiments, resolve_algorithm
+def test_tuned_examples_are_valid(example, tmp_path, monkeypatch):
+    from rllib_pirl.cli import UsageError, build_config, load_experiments, resolve_algorithm
 
-    for name, spec in load_experiments(os.path.join(REPO, "tuned_examples", example)).items():
+    path = os.path.join(REPO, "tuned_examples", example)
+    with open(path) as f:
+        needs_checkpoint = "$PI0" in f.read()
+    experiments = load_experiments(path)
+    if needs_checkpoint:  # GPU examples name real π0 / π0.5 checkpoints by environment variable
+        for name, spec in experiments.items():
+            with pytest.raises(UsageError, match="model_kwargs.pretrained: '\\$PI0"):
+                build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name)
+        from rllib_pirl.models.pi0 import PiConfig, PiPolicy
+        from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
+
+        tokenizer = train_tiny_tokenizer(str(tmp_path / "tok.model"), ["pick up the cube"])
+        model = PiPolicy(PiConfig.tiny(), state_dim=8, camera_keys=["base_camera"], tokenizer=tokenizer)
+        model.save_pretrained(str(tmp_path / "ck"))
+        for var in ("PI0_CHECKPOINT", "PI05_CHECKPOINT"):
+            monkeypatch.setenv(var, str(tmp_path / "ck"))
+        monkeypatch.setenv("PALIGEMMA_TOKENIZER", tokenizer)
+    for name, spec in experiments.items():
         build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name)
 
 

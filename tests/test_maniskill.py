@@ -314,3 +314,44 @@ def test_batched_backend_rejects_a_suite():
 
     with pytest.raises(ValueError, match="one task per process"):
         ManiSkillBatchedVectorEnv(ManiSkillConfig(tasks=list(SUITE)), num_envs=4)
+
+
+def test_pi0_sft_on_rendered_demos_then_an_rl_iteration(tmp_path, ray_session):
+    """rllib demos → rllib sft --model pi0 (demos re-rendered with the env's cameras,
+    cached) → a Flow-Noise iteration of the tiny π0 from that checkpoint."""
+    import h5py
+
+    from rllib_pirl import FlowNoiseConfig
+    from rllib_pirl.cli import main
+    from rllib_pirl.demos import demo_files, render_demos, rendered_path
+
+    demos = str(tmp_path / "demos")
+    assert main(["demos", "--task", "PickCube-v1", "--num", "2", "--out", demos, "--num-procs", "1"]) == 0
+    tokenizer = str(tmp_path / "tok.model")
+    assert main(["tokenizer", "--out", tokenizer]) == 0
+    ckpt = tmp_path / "pi0"
+    args = ["sft", "--demos", demos, "--out", str(ckpt), "--model", "pi0", "--tokenizer", tokenizer]
+    assert main([*args, "--camera-size", "24", "--chunk", "4", "--steps", "3", "--batch-size", "4"]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.model", "rl_heads.safetensors"} <= set(os.listdir(ckpt))
+    cache = rendered_path(demo_files([demos])[0], 24)
+    with h5py.File(cache) as f:
+        assert len([k for k in f if k.startswith("traj_")]) == 2 and f["traj_0/base_camera"].shape[1:] == (24, 24, 3)
+    rendered = render_demos([demos], 24)  # from the cache
+    assert len(rendered) == 2 and rendered[0].images["hand_camera"].shape[0] == len(rendered[0].actions) + 1
+
+    env_config = {"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": 24, "max_episode_steps": 12}
+    config = (
+        FlowNoiseConfig()
+        .environment("ManiSkill", env_config=env_config)
+        .training(action_chunk=4, num_denoise_steps=2, train_batch_size_per_learner=8, minibatch_size=4, num_epochs=1)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+        .rl_module(model_config={"init_checkpoint": str(ckpt)})
+    )
+    algo = config.build_algo()
+    try:
+        model = algo.get_module().model
+        assert type(model).__name__ == "PiPolicy" and model.train_expert_only
+        result = algo.train()
+        assert result["learners"]["default_policy"]["num_module_steps_trained"] > 0
+    finally:
+        algo.stop()
