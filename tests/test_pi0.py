@@ -370,3 +370,17 @@ def test_one_rl_iteration_on_maniskill_rgb(tokenizer, ray_session, variant, algo
         assert any(not torch.equal(v, after[k]) for k, v in before.items())  # the expert trained
     finally:
         algo.stop()
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_bfloat16_transformer_keeps_fp32_outputs(tokenizer, variant):
+    full = make_policy(tokenizer, variant)
+    half = make_policy(tokenizer, variant, dtype="bfloat16")
+    half.load_state_dict(full.state_dict())  # same weights, rounded to bf16 in the transformer
+    assert half.backbone.dtype == torch.bfloat16 and half.action_out_proj.weight.dtype == torch.float32
+    obs, x, t = make_obs(), torch.randn(3, 8, 8), torch.full((3,), 0.7)
+    with torch.no_grad():
+        (v32, _), (v16, h16) = (m.velocity(m.encode(obs), x, t) for m in (full, half))
+        values = half.value(half.encode(obs))
+    assert v16.dtype == h16.dtype == values.dtype == torch.float32
+    assert (v16 - v32).abs().max() < 0.1 * v32.abs().max()

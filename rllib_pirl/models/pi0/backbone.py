@@ -150,6 +150,11 @@ class PaliGemmaWithExpert(nn.Module):
         self.expert_rotary = GemmaRotaryEmbedding(expert_config)
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's dtype (float32, or bfloat16 on GPUs); heads stay float32."""
+        return self.gemma_expert.layers[0].self_attn.q_proj.weight.dtype
+
+    @property
     def language_model(self):
         return self.paligemma.language_model
 
@@ -168,7 +173,7 @@ class PaliGemmaWithExpert(nn.Module):
 
         ``image_mask`` (B, N) marks real cameras, ``token_mask`` (B, L) real tokens;
         masked tokens are neither attended to nor counted in the positions."""
-        img = self.embed_images(images)
+        img = self.embed_images(images.to(self.dtype))
         per_image = img.shape[1] // images.shape[1]
         h = torch.cat([img, self.embed_tokens(tokens).to(img.dtype)], dim=1)
         mask = torch.cat([image_mask.bool().repeat_interleave(per_image, dim=1), token_mask.bool()], dim=1)
@@ -189,7 +194,8 @@ class PaliGemmaWithExpert(nn.Module):
         cached prefix. The first ``causal_head`` tokens (π0's state token) form a block
         that the later tokens see but that does not see them; the rest attend to every
         suffix token. ``cond`` conditions π0.5's adaptive norms. Returns the final-normed
-        expert output (B, T, expert width)."""
+        expert output (B, T, expert width), in float32."""
+        tokens = tokens.to(self.dtype)
         b, t, _ = tokens.shape
         positions = cache.next_position[:, None] + torch.arange(t, device=tokens.device)[None, :]
         cos, sin = self.expert_rotary(tokens, positions)
@@ -197,7 +203,8 @@ class PaliGemmaWithExpert(nn.Module):
         own = block[None, :] <= block[:, None]  # row i sees column j
         mask = torch.cat([cache.mask[:, None, :].expand(b, t, -1), own[None].expand(b, t, t)], dim=-1)[:, None]
         h = tokens
+        cond = cond.to(self.dtype) if cond is not None else None
         for i, layer in enumerate(self.gemma_expert.layers):
             h, _ = decoder_layer(layer, h, cos, sin, mask, (cache.keys[i], cache.values[i]), cond)
         out, _ = _norm(self.gemma_expert.norm, h, cond)
-        return out
+        return out.float()

@@ -63,7 +63,8 @@ class PiPolicy(FlowActionModel):
     observation's images, in the model's camera order; ``instructions``: the prompt of
     each ``task_id``; ``tokenizer``: path of PaliGemma's SentencePiece model;
     ``norm_stats`` / ``norm_modes``: ``{"state": {...}, "actions": {...}}`` statistics
-    (mean/std/q01/q99) and their modes (``mean_std``, ``quantile``, ``identity``).
+    (mean/std/q01/q99) and their modes (``mean_std``, ``quantile``, ``identity``);
+    ``dtype``: the transformer's (``bfloat16`` halves GPU memory).
     """
 
     uses_instructions = True  # the RLModule passes the env's instructions
@@ -81,6 +82,7 @@ class PiPolicy(FlowActionModel):
         value_hidden_sizes: Sequence[int] = (256,),
         noise_hidden_sizes: Sequence[int] = (128,),
         train_expert_only: bool = True,
+        dtype: str = "float32",
     ):
         super().__init__()
         config = pi_config if isinstance(pi_config, PiConfig) else PiConfig.from_dict(pi_config)
@@ -98,6 +100,7 @@ class PiPolicy(FlowActionModel):
             "value_hidden_sizes": list(value_hidden_sizes),
             "noise_hidden_sizes": list(noise_hidden_sizes),
             "train_expert_only": train_expert_only,
+            "dtype": dtype,
         }
         if state_dim > config.max_state_dim:
             raise ValueError(f"The env's state has {state_dim} dims, more than the model's {config.max_state_dim}.")
@@ -142,6 +145,10 @@ class PiPolicy(FlowActionModel):
         self.noise_head = mlp([width, *noise_hidden_sizes, config.max_action_dim])
         if train_expert_only:
             self.backbone.paligemma.requires_grad_(False)
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        # The transformer may run in bf16; the projections, RL heads, latents, log-probs stay fp32.
+        self.backbone.to(getattr(torch, dtype))
 
     # -- construction from env spaces ------------------------------------------------
     @classmethod
@@ -269,8 +276,8 @@ class PiPolicy(FlowActionModel):
                 x = torch.zeros(b, self.horizon, self.action_dim, dtype=p.dtype, device=p.device)
                 features = self._expert(context, x, torch.ones(b, dtype=p.dtype, device=p.device)).mean(1)
         else:
-            mask = context.cache.mask[..., None].to(context.cache.output.dtype)
-            features = ((context.cache.output * mask).sum(1) / mask.sum(1).clamp(min=1)).detach()
+            output, mask = context.cache.output.float(), context.cache.mask[..., None].float()
+            features = ((output * mask).sum(1) / mask.sum(1).clamp(min=1)).detach()
         return self.value_head(features).squeeze(-1)
 
     def noise_std(self, hidden):
