@@ -96,7 +96,7 @@ def plot(name):
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title("ManiSkill PickCube-v1 (state), RL from the SFT checkpoint, 2 CPU cores")
+    ax.set_title("ManiSkill PickCube-v1 (state), RL from the SFT checkpoint, 2 CPU cores", fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
 

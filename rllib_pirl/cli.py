@@ -493,6 +493,17 @@ def _sft_pi(args, tasks, command) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Write the model of an algorithm checkpoint as a model checkpoint (to continue from it
+    with ``init_checkpoint``, evaluate it, or load it elsewhere; π0 / π0.5 in the lerobot layout)."""
+    from rllib_pirl.models.checkpoint import save_model
+
+    module, _ = load_checkpoint(args.checkpoint)
+    save_model(module.model, args.out, metadata={"from": os.path.abspath(args.checkpoint)})
+    print(f"[export] wrote {args.out}")
+    return 0
+
+
 def cmd_tokenizer(args) -> int:
     """A small SentencePiece tokenizer for the tiny π0 / π0.5 (trained on the instructions)."""
     from rllib_pirl.envs.maniskill import TASK_INSTRUCTIONS
@@ -598,6 +609,16 @@ def make_parser() -> argparse.ArgumentParser:
     sf.add_argument("--pretrained", help="π0 / π0.5: start from this lerobot / openpi checkpoint")
     sf.add_argument("--camera-size", type=int, default=32, help="π0 / π0.5: camera resolution in px (= env_config)")
     sf.set_defaults(func=cmd_sft)
+    ex = sub.add_parser(
+        "export",
+        help="write the model of an algorithm checkpoint as a model checkpoint",
+        description="Write the model of an algorithm checkpoint (a trial's checkpoint_00000N) as a model "
+        "checkpoint folder: RL continues from it with model_config: {init_checkpoint: OUT}; π0 / π0.5 are "
+        "written in the lerobot layout.",
+    )
+    ex.add_argument("checkpoint", help="an algorithm checkpoint folder")
+    ex.add_argument("--out", required=True, help="the model checkpoint folder to write")
+    ex.set_defaults(func=cmd_export)
     tk = sub.add_parser(
         "tokenizer",
         help="train a small SentencePiece tokenizer for tiny π0 / π0.5 models",

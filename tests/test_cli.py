@@ -63,6 +63,23 @@ def test_train_file_runs_a_tuned_example_and_evaluate_reads_its_checkpoint(tmp_p
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert re.search(r"mean return: -?\d", ev.stdout) and re.search(r"success rate: \d", ev.stdout)
     assert "seeds 10..13" in ev.stdout
+    # export: the trained model as a model checkpoint, which evaluates the same way
+    ex = rllib("export", str(ckpt), "--out", str(tmp_path / "model"))
+    assert ex.returncode == 0, ex.stderr[-3000:]
+    ev2 = rllib(
+        "evaluate",
+        str(tmp_path / "model"),
+        "--env",
+        "PointReach",
+        "--env-config",
+        '{"action_chunk": 4}',
+        "--episodes",
+        "4",
+        "--seed",
+        "10",
+    )
+    assert ev2.returncode == 0, ev2.stderr[-3000:]
+    assert ev2.stdout.split("mean return:")[1].split()[0] == ev.stdout.split("mean return:")[1].split()[0]
 
 
 def write(tmp_path, text):
