@@ -384,3 +384,10 @@ def test_bfloat16_transformer_keeps_fp32_outputs(tokenizer, variant):
         values = half.value(half.encode(obs))
     assert v16.dtype == h16.dtype == values.dtype == torch.float32
     assert (v16 - v32).abs().max() < 0.1 * v32.abs().max()
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_prompts_that_would_be_cut_are_refused(tokenizer, variant):
+    long = "pick up the red cube " * 8
+    with pytest.raises(ValueError, match="more than max_token_len=.*raise pi_config.max_token_len"):
+        PiPolicy(PiConfig.tiny(variant), state_dim=10, camera_keys=CAMERAS, tokenizer=tokenizer, instructions=[long])

@@ -68,6 +68,8 @@ def gemma_config(size: GemmaSize, config: PiConfig, vocab_size: int) -> GemmaCon
         hidden_activation="gelu_pytorch_tanh",
         rms_norm_eps=config.rms_norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        # Gemma's special tokens (0 pad, 1 eos, 2 bos) exist only with a real vocabulary.
+        **({} if vocab_size > 2 else {"pad_token_id": None, "eos_token_id": None, "bos_token_id": None}),
     )
 
 

@@ -107,7 +107,7 @@ class PiConfig:
             "chunk_size": 8,
             "max_state_dim": 32,
             "max_action_dim": 8,
-            "max_token_len": 48 if variant == "pi05" else 16,
+            "max_token_len": 128 if variant == "pi05" else 32,
         }
         kwargs.update(overrides)
         return cls(**kwargs)

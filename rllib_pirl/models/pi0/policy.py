@@ -123,6 +123,7 @@ class PiPolicy(FlowActionModel):
             loc, scale = affine_from_stats((norm_stats or {}).get(name), norm_modes[name], dim)
             self.register_buffer(f"{name}_loc", torch.from_numpy(loc), persistent=False)
             self.register_buffer(f"{name}_scale", torch.from_numpy(scale), persistent=False)
+        self._check_prompt_lengths()
         if config.variant == "pi0":
             # π0's prompt does not depend on the state: tokenise each task once.
             tokens, mask = self.tokenizer.pad([self.tokenizer.pi0_ids(text) for text in self.instructions])
@@ -149,6 +150,22 @@ class PiPolicy(FlowActionModel):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         # The transformer may run in bf16; the projections, RL heads, latents, log-probs stay fp32.
         self.backbone.to(getattr(torch, dtype))
+
+    def _check_prompt_lengths(self) -> None:
+        """Prompts longer than ``max_token_len`` would be cut: refuse them up front
+        (π0.5: with the longest state string, every bin three digits)."""
+        limit = self.config.max_token_len
+        for text in self.instructions:
+            if self.config.variant == "pi0":
+                n = len(self.tokenizer.pi0_ids(text))
+            else:
+                n = len(self.tokenizer.pi05_ids(text, [255] * self.state_dim))
+            if n > limit:
+                raise ValueError(
+                    f"The prompt for {text!r} takes {n} tokens"
+                    + (f" (with a {self.state_dim}-D state)" if self.config.variant == "pi05" else "")
+                    + f", more than max_token_len={limit}: raise pi_config.max_token_len or shorten the instruction."
+                )
 
     # -- construction from env spaces ------------------------------------------------
     @classmethod
