@@ -55,6 +55,11 @@ def _first_sample(value):
     return value
 
 
+def _resolve_path(path: str) -> str:
+    """``$VARS`` and ``~`` expanded, absolute (relative to where `rllib` runs)."""
+    return os.path.abspath(os.path.expanduser(os.path.expandvars(path)))
+
+
 def config_dict_for_rllib(config: dict[str, Any]) -> dict[str, Any]:
     """The yaml's config as ``AlgorithmConfig.update_from_dict`` takes it: the RLModule's
     ``model_config`` (a read-only property) is stored as ``_model_config``, and a relative
@@ -65,7 +70,7 @@ def config_dict_for_rllib(config: dict[str, Any]) -> dict[str, Any]:
         init = model_config.get("init_checkpoint")
         if isinstance(init, str):
             # Relative to where `rllib` runs (Tune trials run in their own folders).
-            model_config["init_checkpoint"] = os.path.abspath(os.path.expanduser(os.path.expandvars(init)))
+            model_config["init_checkpoint"] = _resolve_path(init)
             if not is_model_checkpoint(model_config["init_checkpoint"]):
                 raise UsageError(
                     f"model_config.init_checkpoint: {init!r} is not a model checkpoint folder (config.json + "
@@ -75,7 +80,7 @@ def config_dict_for_rllib(config: dict[str, Any]) -> dict[str, Any]:
         for key in ("pretrained", "tokenizer"):  # π0 / π0.5 files, checked before any rollout
             value = kwargs.get(key)
             if isinstance(value, str):
-                path = os.path.abspath(os.path.expanduser(os.path.expandvars(value)))
+                path = _resolve_path(value)
                 if not os.path.exists(path):
                     raise UsageError(
                         f"model_config.model_kwargs.{key}: {value!r} does not exist ({path}). "

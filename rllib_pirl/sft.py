@@ -192,7 +192,7 @@ def train_pi_sft(
         model = load_pretrained(pretrained, PiPolicy, **kwargs)
         chunk = model.config.chunk_size
         data = chunk_dataset(demos, tasks, chunk, state_dim)
-        model = load_pretrained(pretrained, PiPolicy, norm_stats=norm_stats(data), **kwargs)
+        model.set_norm_stats(norm_stats(data))  # the demos' statistics replace the checkpoint's
     else:
         config = PiConfig.from_dict(pi_config) if pi_config else PiConfig.tiny(variant)
         chunk = config.chunk_size

@@ -391,3 +391,38 @@ def test_prompts_that_would_be_cut_are_refused(tokenizer, variant):
     long = " ".join(f"object{i}" for i in range(60))  # unseen words: many byte-level tokens
     with pytest.raises(ValueError, match="more than max_token_len=.*raise pi_config.max_token_len"):
         PiPolicy(PiConfig.tiny(variant), state_dim=10, camera_keys=CAMERAS, tokenizer=tokenizer, instructions=[long])
+
+
+def test_sft_from_a_pretrained_checkpoint_takes_the_demos_statistics(tokenizer, tmp_path):
+    """train_pi_sft(pretrained=...) keeps the checkpoint's architecture and weights'
+    layout and replaces its statistics with the demos'."""
+    from rllib_pirl.demos import Demo
+    from rllib_pirl.sft import train_pi_sft
+
+    make_policy(tokenizer).save_pretrained(str(tmp_path / "base"))
+    rng = np.random.default_rng(0)
+    demos = [
+        Demo(
+            "PickCube-v1",
+            rng.normal(3.0, 2.0, (7, 10)).astype(np.float32),
+            rng.normal(0.5, 0.1, (6, 4)).astype(np.float32),
+            {cam: rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8) for cam in CAMERAS},
+        )
+        for _ in range(2)
+    ]
+    model = train_pi_sft(
+        demos,
+        ["PickCube-v1"],
+        str(tmp_path / "out"),
+        tokenizer,
+        pretrained=str(tmp_path / "base"),
+        instructions=INSTRUCTIONS[:1],
+        steps=2,
+        batch_size=4,
+    )
+    loaded = load_pretrained(str(tmp_path / "out"), PiPolicy)
+    assert loaded.config == model.config == PiConfig.tiny()
+    states = np.concatenate([d.obs[:-1] for d in demos])
+    assert np.allclose(loaded.norm_stats["state"]["mean"], states.mean(0), atol=1e-5)
+    assert torch.allclose(loaded.state_loc[:10], torch.from_numpy(states.mean(0)), atol=1e-5)
+    assert torch.allclose(model.state_loc, loaded.state_loc)

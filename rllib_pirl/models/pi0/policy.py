@@ -118,11 +118,8 @@ class PiPolicy(FlowActionModel):
                 f"vocabulary of {config.vocab_size}: wrong tokenizer for this checkpoint."
             )
         self.instructions = list(instructions) if instructions else [""]
-        self.norm_stats, self.norm_modes = norm_stats, norm_modes
-        for name, dim in (("state", config.max_state_dim), ("actions", config.max_action_dim)):
-            loc, scale = affine_from_stats((norm_stats or {}).get(name), norm_modes[name], dim)
-            self.register_buffer(f"{name}_loc", torch.from_numpy(loc), persistent=False)
-            self.register_buffer(f"{name}_scale", torch.from_numpy(scale), persistent=False)
+        self.norm_modes = norm_modes
+        self.set_norm_stats(norm_stats)
         self._check_prompt_lengths()
         if config.variant == "pi0":
             # π0's prompt does not depend on the state: tokenise each task once.
@@ -150,6 +147,19 @@ class PiPolicy(FlowActionModel):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         # The transformer may run in bf16; the projections, RL heads, latents, log-probs stay fp32.
         self.backbone.to(getattr(torch, dtype))
+
+    def set_norm_stats(self, norm_stats: dict[str, dict[str, Sequence[float]]] | None) -> None:
+        """Use these state / action statistics (in ``norm_modes``) from now on."""
+        self.norm_stats = norm_stats
+        self.init_kwargs["norm_stats"] = norm_stats
+        for name, dim in (("state", self.config.max_state_dim), ("actions", self.config.max_action_dim)):
+            loc, scale = affine_from_stats((norm_stats or {}).get(name), self.norm_modes[name], dim)
+            if hasattr(self, f"{name}_loc"):  # replace the values, keep the buffers' device
+                getattr(self, f"{name}_loc").copy_(torch.from_numpy(loc))
+                getattr(self, f"{name}_scale").copy_(torch.from_numpy(scale))
+            else:
+                self.register_buffer(f"{name}_loc", torch.from_numpy(loc), persistent=False)
+                self.register_buffer(f"{name}_scale", torch.from_numpy(scale), persistent=False)
 
     def _check_prompt_lengths(self) -> None:
         """Prompts longer than ``max_token_len`` would be cut: refuse them up front
