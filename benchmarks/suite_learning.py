@@ -18,7 +18,7 @@ import time
 
 from pickcube_learning import build_example_algo
 
-from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_envs
+from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_env_makers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -111,7 +111,7 @@ def main():
         p.error("--example is required (e.g. flow_sde_suite.yaml)")
     spec, algo = build_example_algo(args.example)
     label = args.label or spec["run"]
-    envs = evaluation_envs(spec["env"], dict(algo.config.env_config))
+    envs = [make() for make in evaluation_env_makers(spec["env"], dict(algo.config.env_config))]
     start, policy_steps = time.time(), 0
     try:
         if not args.no_before:

@@ -347,7 +347,7 @@ def is_model_checkpoint(path: str) -> bool:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_envs
+    from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_env_makers
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}.")
@@ -365,22 +365,22 @@ def cmd_evaluate(args) -> int:
 
         check_env(args.env)
         config = {"env": args.env, "env_config": overrides, "normalize_actions": True, "clip_actions": False}
-        envs = evaluation_envs(args.env, dict(overrides))
-        module = module_for_model(args.checkpoint, envs[0], args.num_denoise_steps)
+        makers = evaluation_env_makers(args.env, dict(overrides))
+        module = None  # built from the first env's spaces
     else:
         module, config = load_checkpoint(args.checkpoint)
         env_config = dict(config.get("env_config") or {}, **overrides)
-        envs = evaluation_envs(args.env or config["env"], env_config)
+        makers = evaluation_env_makers(args.env or config["env"], env_config)
     every = max(1, args.episodes // 10)
-    per_task = f" per task ({len(envs)} tasks)" if len(envs) > 1 else ""
+    per_task = f" per task ({len(makers)} tasks)" if len(makers) > 1 else ""
     print(
         f"Evaluating {args.checkpoint} on {config['env']} ({'stochastic' if args.explore else 'deterministic'} "
         f"policy, seeds {args.seed}..{args.seed + args.episodes - 1}{per_task})",
         flush=True,
     )
     result = EvalResult()
-    for index, env in enumerate(envs):
-        prefix = f"  task {index + 1}/{len(envs)}:" if len(envs) > 1 else " "
+    for index, make in enumerate(makers):
+        prefix = f"  task {index + 1}/{len(makers)}:" if len(makers) > 1 else " "
 
         def progress(i, partial, prefix=prefix):
             if i % every == 0 or i == args.episodes:
@@ -390,7 +390,13 @@ def cmd_evaluate(args) -> int:
                     flush=True,
                 )
 
+        env = make()
         try:
+            if module is None:
+                try:
+                    module = module_for_model(args.checkpoint, env, args.num_denoise_steps)
+                except ValueError as e:  # the checkpoint does not fit the env
+                    raise UsageError(f"{args.checkpoint} does not fit --env {args.env}: {e}") from None
             result.extend(
                 evaluate(
                     module,
@@ -425,6 +431,15 @@ def cmd_demos(args) -> int:
     return 0
 
 
+def _is_libero(paths) -> bool:
+    from rllib_pirl.libero_demos import is_libero_file, libero_files
+
+    try:
+        return any(is_libero_file(f) for f in libero_files(paths))
+    except FileNotFoundError:
+        return False
+
+
 def cmd_sft(args) -> int:
     import torch
 
@@ -432,18 +447,28 @@ def cmd_sft(args) -> int:
     from rllib_pirl.sft import demo_counts, tasks_of, train_sft
 
     torch.set_num_threads(max(1, args.threads))
+    if args.camera_size is not None and args.camera_size < 1:
+        raise UsageError(f"--camera-size must be >= 1, got {args.camera_size}")
+    libero = _is_libero(args.demos)
+    if libero and args.model == "state":
+        raise UsageError("LIBERO demos train π0 / π0.5 (cameras + 8-D robot state): add --model pi0 or --model pi05.")
     try:
-        demos = load_demos(args.demos, limit_per_task=args.num_demos)
-    except (FileNotFoundError, ValueError) as e:
+        if libero:
+            from rllib_pirl.libero_demos import load_libero_demos
+
+            demos = load_libero_demos(args.demos, camera_size=args.camera_size, limit_per_task=args.num_demos)
+        else:
+            demos = load_demos(args.demos, limit_per_task=args.num_demos)
+    except (FileNotFoundError, ValueError, KeyError) as e:
         raise UsageError(str(e)) from None
     tasks = args.tasks.split(",") if args.tasks else tasks_of(demos)
     missing = [t for t in tasks if t not in demo_counts(demos)]
     if missing:
         raise UsageError(f"No demos of {missing} under {args.demos}; found {demo_counts(demos)}.")
     demos = [d for d in demos if d.task in tasks]
-    command = "rllib sft " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "rllib sft"
+    command = "rllib " + " ".join(args.argv)
     if args.model in ("pi0", "pi05"):
-        return _sft_pi(args, tasks, command)
+        return _sft_pi(args, tasks, command, demos if libero else None)
     hidden = [int(h) for h in args.hidden.split(",")]
     train_sft(
         demos,
@@ -461,8 +486,9 @@ def cmd_sft(args) -> int:
     return 0
 
 
-def _sft_pi(args, tasks, command) -> int:
-    """π0 / π0.5 SFT: re-render the demos with cameras, then flow matching."""
+def _sft_pi(args, tasks, command, demos=None) -> int:
+    """π0 / π0.5 SFT: re-render ManiSkill demos with cameras (or take ``demos`` that have
+    them: LIBERO's), then flow matching."""
     from rllib_pirl.demos import render_demos
     from rllib_pirl.models.pi0 import PiConfig
     from rllib_pirl.sft import demo_counts, train_pi_sft
@@ -474,10 +500,13 @@ def _sft_pi(args, tasks, command) -> int:
         )
     if args.tokenizer and not os.path.isfile(args.tokenizer):
         raise UsageError(f"--tokenizer {args.tokenizer}: no such file.")
-    if args.camera_size < 1:
-        raise UsageError(f"--camera-size must be >= 1, got {args.camera_size}")
-    demos = render_demos(args.demos, args.camera_size, limit_per_task=args.num_demos)
-    demos = [d for d in demos if d.task in tasks]
+    camera_size = args.camera_size
+    if demos is None:
+        camera_size = camera_size or 32
+        demos = render_demos(args.demos, camera_size, limit_per_task=args.num_demos)
+        demos = [d for d in demos if d.task in tasks]
+    else:
+        camera_size = camera_size or int(demos[0].images["image"].shape[1])
     if not demos:
         raise UsageError("No demo replayed successfully with cameras; nothing to train on.")
     train_pi_sft(
@@ -493,7 +522,7 @@ def _sft_pi(args, tasks, command) -> int:
         lr=args.lr,
         seed=args.seed,
         log_every=max(1, min(1000, args.steps // 20)),
-        metadata={"command": command, "demo_counts": demo_counts(demos), "camera_size": args.camera_size},
+        metadata={"command": command, "demo_counts": demo_counts(demos), "camera_size": camera_size},
     )
     return 0
 
@@ -515,6 +544,10 @@ def cmd_tokenizer(args) -> int:
     from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
 
     sentences = sorted(TASK_INSTRUCTIONS.values()) + list(args.sentence or [])
+    if args.libero:
+        from rllib_pirl.envs.libero import all_instructions
+
+        sentences += all_instructions()
     print(f"[tokenizer] wrote {train_tiny_tokenizer(args.out, sentences, args.vocab_size)}")
     return 0
 
@@ -589,9 +622,15 @@ def make_parser() -> argparse.ArgumentParser:
         help="few-shot SFT: flow-matching behaviour cloning on demos",
         description="Train a flow policy by flow matching on demos and write a model checkpoint folder that a "
         "yaml names as the RL starting point (model_config: {init_checkpoint: OUT}): the state MLP policy, or "
-        "(--model pi0 / pi05) π0 / π0.5 on the demos re-rendered with the env's cameras.",
+        "(--model pi0 / pi05) π0 / π0.5 on the demos re-rendered with the env's cameras, or on LIBERO's "
+        "demo files (*_demo.hdf5) with their own cameras.",
     )
-    sf.add_argument("--demos", nargs="+", required=True, help="demo .h5 files or folders (from `rllib demos`)")
+    sf.add_argument(
+        "--demos",
+        nargs="+",
+        required=True,
+        help="demo .h5 files or folders (from `rllib demos`), or LIBERO demo .hdf5 files / folders",
+    )
     sf.add_argument("--out", required=True, help="checkpoint folder to write")
     sf.add_argument("--tasks", help="comma-separated task order (= the env's tasks); default: the demos' tasks")
     sf.add_argument("--num-demos", type=int, help="use at most this many demos per task")
@@ -612,7 +651,11 @@ def make_parser() -> argparse.ArgumentParser:
     )
     sf.add_argument("--tokenizer", help="π0 / π0.5: SentencePiece tokenizer file")
     sf.add_argument("--pretrained", help="π0 / π0.5: start from this lerobot / openpi checkpoint")
-    sf.add_argument("--camera-size", type=int, default=32, help="π0 / π0.5: camera resolution in px (= env_config)")
+    sf.add_argument(
+        "--camera-size",
+        type=int,
+        help="π0 / π0.5: camera resolution in px (= env_config; ManiSkill default 32, LIBERO default: the files')",
+    )
     sf.set_defaults(func=cmd_sft)
     ex = sub.add_parser(
         "export",
@@ -633,12 +676,17 @@ def make_parser() -> argparse.ArgumentParser:
     tk.add_argument("--out", required=True, help="the .model file to write")
     tk.add_argument("--sentence", action="append", help="extra training sentence (repeatable)")
     tk.add_argument("--vocab-size", type=int, default=400, help="at most the model's vocabulary (default 400)")
+    tk.add_argument(
+        "--libero", action="store_true", help="also train on the instructions of all LIBERO suites (needs LIBERO)"
+    )
     tk.set_defaults(func=cmd_tokenizer)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
+    args.argv = argv  # the command line, recorded in checkpoints
     try:
         return args.func(args)
     except UsageError as e:

@@ -31,11 +31,13 @@ CAMERA_KEYS = ("base_camera", "hand_camera")
 @dataclass
 class Demo:
     task: str
-    obs: np.ndarray  # (T + 1, state_dim)
+    obs: np.ndarray  # (T + 1, state_dim) (or (T, state_dim): the observation before each action)
     actions: np.ndarray  # (T, action_dim)
-    #: camera observations (T + 1, H, W, 3) uint8 per camera, from :func:`render_demos`
-    #: (then ``obs`` is the env's proprioceptive state of obs_mode "rgb").
+    #: camera observations (T + 1 or T, H, W, 3) uint8 per camera, from :func:`render_demos`
+    #: (then ``obs`` is the env's proprioceptive state of obs_mode "rgb") or LIBERO's files.
     images: dict[str, np.ndarray] | None = None
+    #: the task's language instruction, where the demo file carries it (LIBERO)
+    instruction: str | None = None
 
 
 def motion_planning_tasks() -> list[str]:

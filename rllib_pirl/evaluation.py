@@ -26,14 +26,16 @@ def env_creator_for(env) -> Callable[[dict], gym.Env]:
     raise ValueError(f"Unknown env {env!r}: neither registered with Ray Tune nor a gymnasium id.")
 
 
-def evaluation_envs(env, env_config: dict) -> list[gym.Env]:
-    """The envs an evaluation runs on: one per task for envs that mix tasks (a
-    ManiSkill suite), else the one env of ``env_config``."""
-    from rllib_pirl.envs import PER_TASK_ENV_CREATORS
+def evaluation_env_makers(env, env_config: dict) -> list[Callable[[], gym.Env]]:
+    """Makers of the envs an evaluation runs on, one at a time: one per task for envs
+    evaluated task by task (a ManiSkill suite, LIBERO), else the one env of ``env_config``."""
+    import functools
 
-    if isinstance(env, str) and env in PER_TASK_ENV_CREATORS:
-        return PER_TASK_ENV_CREATORS[env](env_config)
-    return [env_creator_for(env)(env_config)]
+    from rllib_pirl.envs import PER_TASK_ENV_MAKERS
+
+    if isinstance(env, str) and env in PER_TASK_ENV_MAKERS:
+        return PER_TASK_ENV_MAKERS[env](env_config)
+    return [functools.partial(env_creator_for(env), env_config)]
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96):
@@ -104,10 +106,11 @@ class EvalResult:
 
 
 def _camera_frame(obs):
-    """The camera images of an observation side by side (None without cameras)."""
+    """The camera images of an observation ((H, W, 3) uint8 entries) side by side, in
+    key order (None without cameras)."""
     if not isinstance(obs, dict):
         return None
-    images = [np.asarray(v) for k, v in sorted(obs.items()) if k.endswith("camera")]
+    images = [np.asarray(v) for _, v in sorted(obs.items()) if np.asarray(v).dtype == np.uint8 and np.ndim(v) == 3]
     return np.concatenate(images, axis=1) if images else None
 
 
@@ -145,7 +148,7 @@ def evaluate(
     Deterministic policy (``forward_inference``) unless ``explore``. Actions go to the
     env as RLlib's env runners send them (``normalize_actions``: [−1, 1] → bounds;
     ``clip_actions``). An episode succeeds when any step's ``info["success"]`` is true.
-    With ``video_dir`` and camera observations (keys ending in ``camera``), the first
+    With ``video_dir`` and camera observations ((H, W, 3) uint8 entries), the first
     ``video_episodes`` episodes are written there as mp4 (the cameras side by side,
     one frame per policy step).
     """

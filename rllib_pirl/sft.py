@@ -164,8 +164,9 @@ def train_pi_sft(
     train_vlm: bool = True,
     metadata: dict | None = None,
 ):
-    """Train π0 / π0.5 by flow matching on demos with camera images (:func:`render_demos`)
-    and write a checkpoint folder in the lerobot layout. From ``pretrained`` weights, or
+    """Train π0 / π0.5 by flow matching on demos with camera images (:func:`render_demos`,
+    LIBERO's files) and write a checkpoint folder in the lerobot layout. Instructions: given,
+    else the demos' own (LIBERO), else ManiSkill's for the tasks. From ``pretrained`` weights, or
     random ones of ``pi_config`` (default: the tiny CPU size). Chunks are the model's
     ``chunk_size``; statistics (mean/std, q01/q99) come from the demos. ``train_vlm``:
     train the VLM too (needed from random weights); the checkpoint is written with
@@ -178,7 +179,12 @@ def train_pi_sft(
     torch.manual_seed(seed)
     cameras = list(demos[0].images)
     state_dim = max(d.obs.shape[1] for d in demos)
-    instructions = list(instructions or maniskill_instructions({"tasks": list(tasks)}))
+    if instructions is None:
+        own = {d.task: d.instruction for d in demos if d.instruction}
+        instructions = (
+            [own[t] for t in tasks] if all(t in own for t in tasks) else maniskill_instructions({"tasks": list(tasks)})
+        )
+    instructions = list(instructions)
     kwargs = {
         "state_dim": state_dim,
         "camera_keys": cameras,

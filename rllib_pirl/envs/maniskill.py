@@ -364,11 +364,11 @@ def _config_with_state_dim(env_config) -> ManiSkillConfig:
     return config
 
 
-def make_maniskill_task_envs(env_config) -> list[gym.Env]:
-    """One chunked single env per task of ``env_config`` (for per-task evaluation of a
-    suite): each keeps its task id and the suite's padded state size."""
+def make_maniskill_task_makers(env_config) -> list:
+    """One maker of a chunked single env per task of ``env_config`` (for per-task
+    evaluation of a suite): each keeps its task id and the suite's padded state size."""
     config = _config_with_state_dim(env_config)
-    return [make_task_env(config, i) for i in range(len(config.tasks))]
+    return [functools.partial(make_task_env, config, i) for i in range(len(config.tasks))]
 
 
 def make_maniskill_env(env_config) -> gym.Env:
