@@ -15,6 +15,7 @@ import time
 import numpy as np
 import ray
 import torch
+from sampling import env_steps_per_s
 
 from rllib_pirl import FlowSDEConfig
 from rllib_pirl.envs.maniskill import make_maniskill_env
@@ -45,13 +46,7 @@ def rllib_steps_per_s(env_config, num_envs, chunks, chunk, hidden):
     )
     algo = config.build_algo()
     try:
-        runner = algo.env_runner
-        runner.sample(num_timesteps=num_envs * 4, explore=True)  # warm up, first reset
-        start = time.perf_counter()
-        episodes = runner.sample(num_timesteps=chunks, explore=True)
-        elapsed = time.perf_counter() - start
-        steps = sum(int(np.sum([i.get("chunk_steps", chunk) for i in e.get_infos()[1:]])) for e in episodes)
-        return steps / elapsed, sum(len(e) for e in episodes)
+        return env_steps_per_s(algo, num_envs, chunks, chunk)
     finally:
         algo.stop()
 

@@ -349,8 +349,6 @@ def cmd_evaluate(args) -> int:
 
     from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_env_makers
 
-    if args.episodes < 1:
-        raise UsageError(f"--episodes must be >= 1, got {args.episodes}.")
     torch.set_num_threads(1)
     overrides = {}
     if args.env_config:
@@ -371,6 +369,18 @@ def cmd_evaluate(args) -> int:
         module, config = load_checkpoint(args.checkpoint)
         env_config = dict(config.get("env_config") or {}, **overrides)
         makers = evaluation_env_makers(args.env or config["env"], env_config)
+    env_name = args.env or config["env"]
+    if env_name == "LIBERO":  # the standard protocol: each task's 50 fixed initial states, in order
+        args.episodes = 50 - args.seed if args.episodes is None else args.episodes
+        if args.seed < 0 or args.seed + args.episodes > 50:
+            raise UsageError(
+                f"LIBERO episodes are the tasks' 50 fixed initial states (episode i = initial state --seed + i): "
+                f"--seed {args.seed} --episodes {args.episodes} asks for states {args.seed}.."
+                f"{args.seed + args.episodes - 1}, outside 0..49. The standard protocol is --episodes 50 (the default)."
+            )
+    args.episodes = 100 if args.episodes is None else args.episodes
+    if args.episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {args.episodes}.")
     every = max(1, args.episodes // 10)
     per_task = f" per task ({len(makers)} tasks)" if len(makers) > 1 else ""
     print(
@@ -590,8 +600,12 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "checkpoint", help="an algorithm checkpoint (a trial's checkpoint_00000N) or a model checkpoint (rllib sft)"
     )
-    ev.add_argument("--episodes", type=int, default=100, help="number of episodes (default 100)")
-    ev.add_argument("--seed", type=int, default=0, help="episode i resets with seed SEED + i (default 0)")
+    ev.add_argument(
+        "--episodes", type=int, help="episodes per task (default 100; LIBERO: 50, every initial state of each task)"
+    )
+    ev.add_argument(
+        "--seed", type=int, default=0, help="episode i resets with seed SEED + i (LIBERO: initial state SEED + i)"
+    )
     ev.add_argument("--explore", action="store_true", help="use the stochastic exploration policy instead")
     ev.add_argument("--env-config", help="JSON env_config (overrides the one stored in an algorithm checkpoint)")
     ev.add_argument("--env", help="env name (required for a model checkpoint from `rllib sft`)")

@@ -33,6 +33,8 @@ def test_tuned_examples_are_valid(example, tmp_path, monkeypatch):
     with open(path) as f:
         needs_checkpoint = "$PI0" in f.read()
     experiments = load_experiments(path)
+    if any(spec["env"] == "LIBERO" for spec in experiments.values()):
+        pytest.importorskip("libero", reason="LIBERO is not installed: run scripts/setup_libero.sh")
     if needs_checkpoint:  # GPU examples name real π0 / π0.5 checkpoints by environment variable
         for name, spec in experiments.items():
             with pytest.raises(UsageError, match="model_kwargs.pretrained: '\\$PI0"):
@@ -43,7 +45,7 @@ def test_tuned_examples_are_valid(example, tmp_path, monkeypatch):
         tokenizer = train_tiny_tokenizer(str(tmp_path / "tok.model"), ["pick up the cube"])
         model = PiPolicy(PiConfig.tiny(), state_dim=8, camera_keys=["base_camera"], tokenizer=tokenizer)
         model.save_pretrained(str(tmp_path / "ck"))
-        for var in ("PI0_CHECKPOINT", "PI05_CHECKPOINT"):
+        for var in ("PI0_CHECKPOINT", "PI05_CHECKPOINT", "PI0_LIBERO_CHECKPOINT", "PI05_LIBERO_CHECKPOINT"):
             monkeypatch.setenv(var, str(tmp_path / "ck"))
         monkeypatch.setenv("PALIGEMMA_TOKENIZER", tokenizer)
     for name, spec in experiments.items():

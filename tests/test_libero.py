@@ -175,6 +175,15 @@ def test_bad_input_is_refused_before_any_simulator_starts():
         env.close()
 
 
+def test_a_stale_config_file_is_named(tmp_path, monkeypatch):
+    from rllib_pirl.envs import libero_setup
+
+    (tmp_path / "config.yaml").write_text("bddl_files: /nowhere/bddl_files\ninit_states: /nowhere/init_files\n")
+    monkeypatch.setenv("LIBERO_CONFIG_PATH", str(tmp_path))
+    with pytest.raises(LiberoSetupError, match=r"config.yaml has bddl_files: '/nowhere/bddl_files'.*Delete the file"):
+        libero_setup.import_libero()
+
+
 def test_missing_assets_name_the_packages(monkeypatch):
     from rllib_pirl.envs import libero_setup
 
@@ -299,6 +308,8 @@ def test_sft_command_on_libero_files_then_the_env_runs_the_checkpoint(demo_file,
     assert main(["evaluate", str(out), "--env", "LIBERO", "--env-config", json.dumps(env_config)]) == 2
     assert "the model predicts 4 x 8. Lower env_config.action_chunk" in capsys.readouterr().err  # chunk 5 > 4
     env_config = json.dumps(dict(env_config, action_chunk=4))
+    assert main(["evaluate", str(out), "--env", "LIBERO", "--env-config", env_config, "--episodes", "60"]) == 2
+    assert "asks for states 0..59, outside 0..49" in capsys.readouterr().err
     assert (
         main(
             ["evaluate", str(out), "--env", "LIBERO", "--env-config", env_config, "--episodes", "2"]

@@ -41,7 +41,9 @@ import gymnasium as gym
 import numpy as np
 
 from rllib_pirl.envs.chunking import ActionChunkWrapper
+from rllib_pirl.envs.env_config import dataclass_kwargs
 from rllib_pirl.envs.libero_setup import LiberoSetupError, import_libero
+from rllib_pirl.envs.workers import worker_vector_env
 
 #: The five suites and their episode limits (env steps; the paper's, libero_90: openpi's).
 SUITE_MAX_STEPS: dict[str, int] = {
@@ -96,17 +98,7 @@ class LiberoConfig:
 
     @classmethod
     def from_env_config(cls, env_config) -> LiberoConfig:
-        config = dict(env_config or {})
-        config.pop("num_envs", None)
-        if "task" in config:
-            if "tasks" in config:
-                raise ValueError("Give either env_config.task or env_config.tasks, not both.")
-            config["tasks"] = [config.pop("task")]
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"Unknown LIBERO env_config key(s) {unknown}; valid: task, {', '.join(sorted(known))}.")
-        self = cls(**config)
+        self = cls(**dataclass_kwargs(cls, env_config, "LIBERO"))
         self.validate()
         return self
 
@@ -166,14 +158,14 @@ class LiberoConfig:
         return [tasks[i].language for i in self.tasks]
 
 
-def observation_space(camera_size: int) -> gym.spaces.Dict:
+def observation_space(camera_size: int, num_tasks: int) -> gym.spaces.Dict:
     image = gym.spaces.Box(0, 255, (camera_size, camera_size, 3), np.uint8)
     return gym.spaces.Dict(
         {
             "image": image,
             "wrist_image": image,
             "state": gym.spaces.Box(-np.inf, np.inf, (8,), np.float32),
-            "task_id": gym.spaces.Box(0, np.iinfo(np.int64).max, (1,), np.int64),
+            "task_id": gym.spaces.Box(0, num_tasks - 1, (1,), np.int64),
         }
     )
 
@@ -236,7 +228,7 @@ class LiberoTaskEnv(gym.Env):
                     "Debian package libegl1, and a Mesa driver, libegl-mesa0) or MUJOCO_GL=osmesa (libosmesa6)."
                 ) from e
             raise
-        self.observation_space = observation_space(config.camera_size)
+        self.observation_space = observation_space(config.camera_size, len(config.tasks))
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
         self.init_state_id, self._next_id, self._rng = -1, 0, np.random.default_rng(config.seed)
         self._steps = 0
@@ -327,6 +319,4 @@ def make_libero_env(env_config) -> gym.Env:
     config = LiberoConfig.from_env_config(env_config)
     if num_envs is None:
         return make_task_env(config, 0)
-    offset = int(getattr(env_config, "worker_index", 0) or 0) * num_envs
-    fns = [functools.partial(make_task_env, config, offset + i) for i in range(num_envs)]
-    return gym.vector.AsyncVectorEnv(fns, context="forkserver", autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    return worker_vector_env(make_task_env, config, env_config, num_envs)

@@ -95,12 +95,28 @@ def write_config() -> str:
     return path
 
 
+def check_config(path: str) -> None:
+    """An existing config file must name folders that exist (a stale one, from an older
+    install, would fail later with a bare FileNotFoundError)."""
+    import yaml
+
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    for key in ("bddl_files", "init_states"):
+        folder = config.get(key)
+        if not folder or not os.path.isdir(folder):
+            raise LiberoSetupError(
+                f"LIBERO's config file {path} has {key}: {folder!r}, which is not a folder. Delete the file "
+                "(rllib_pirl writes a fresh one) or point LIBERO_CONFIG_PATH at another folder."
+            )
+
+
 def import_libero():
     """Import LIBERO without its prompt and with its assets found; returns ``libero.libero``."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-    write_config()
+    check_config(write_config())
     import libero.libero as libero_pkg
 
     # LIBERO looks for assets only inside its own package (else downloads them from a hub):

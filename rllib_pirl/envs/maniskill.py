@@ -34,6 +34,8 @@ import gymnasium as gym
 import numpy as np
 
 from rllib_pirl.envs.chunking import ActionChunkWrapper
+from rllib_pirl.envs.env_config import dataclass_kwargs
+from rllib_pirl.envs.workers import worker_vector_env
 
 #: The offline tasks of the suite (robot assets ship in the wheel; motion-planning
 #: solutions exist for all but RollBall), each with a natural-language instruction.
@@ -91,18 +93,9 @@ class ManiSkillConfig:
 
     @classmethod
     def from_env_config(cls, env_config) -> ManiSkillConfig:
-        config = dict(env_config or {})
-        config.pop("num_envs", None)
-        if "task" in config:
-            if "tasks" in config:
-                raise ValueError("Give either env_config.task or env_config.tasks, not both.")
-            config["tasks"] = [config.pop("task")]
+        config = dataclass_kwargs(cls, env_config, "ManiSkill")
         if config.get("tasks") == "suite":
             config["tasks"] = list(SUITE)
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(config) - known - {"task"})
-        if unknown:
-            raise ValueError(f"Unknown ManiSkill env_config key(s) {unknown}; valid: task, {', '.join(sorted(known))}.")
         self = cls(**config)
         self.validate()
         return self
@@ -384,6 +377,4 @@ def make_maniskill_env(env_config) -> gym.Env:
         from rllib_pirl.envs.maniskill_batched import ManiSkillBatchedVectorEnv
 
         return ManiSkillBatchedVectorEnv(config, num_envs)
-    offset = int(getattr(env_config, "worker_index", 0) or 0) * num_envs
-    fns = [functools.partial(make_task_env, config, offset + i) for i in range(num_envs)]
-    return gym.vector.AsyncVectorEnv(fns, context="forkserver", autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    return worker_vector_env(make_task_env, config, env_config, num_envs)
