@@ -385,7 +385,8 @@ def cmd_evaluate(args) -> int:
     per_task = f" per task ({len(makers)} tasks)" if len(makers) > 1 else ""
     print(
         f"Evaluating {args.checkpoint} on {config['env']} ({'stochastic' if args.explore else 'deterministic'} "
-        f"policy, seeds {args.seed}..{args.seed + args.episodes - 1}{per_task})",
+        f"policy, {'initial states' if env_name == 'LIBERO' else 'seeds'} {args.seed}..{args.seed + args.episodes - 1}"
+        f"{per_task})",
         flush=True,
     )
     result = EvalResult()
