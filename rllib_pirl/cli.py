@@ -324,16 +324,17 @@ def load_checkpoint(path: str):
     return module, config
 
 
-def module_for_model(path: str, env, num_denoise_steps: int):
-    """A deterministic FlowRLModule around a model checkpoint (e.g. from `rllib sft`)."""
+def module_for_model(path: str, env, num_denoise_steps: int, instructions=None):
+    """A deterministic FlowRLModule around a model checkpoint (e.g. from `rllib sft`);
+    ``instructions``: the env's, one per ``task_id`` (they replace the checkpoint's prompts,
+    whose task order is the SFT's)."""
     from rllib_pirl.rl_module import FlowRLModule
 
     space = env.action_space
-    module = FlowRLModule(
-        observation_space=env.observation_space,
-        action_space=space,
-        model_config={"init_checkpoint": path, "num_denoise_steps": num_denoise_steps, "action_chunk": space.shape[0]},
-    )
+    model_config = {"init_checkpoint": path, "num_denoise_steps": num_denoise_steps, "action_chunk": space.shape[0]}
+    if instructions is not None:
+        model_config["instructions"] = list(instructions)
+    module = FlowRLModule(observation_space=env.observation_space, action_space=space, model_config=model_config)
     module.eval()
     return module
 
@@ -344,12 +345,62 @@ def is_model_checkpoint(path: str) -> bool:
     return check(path)
 
 
+def _evaluate_task(job: dict, module=None):
+    """Evaluate one task (one env, made here and closed): ``(EvalResult, module)``; the
+    module is loaded from the checkpoint when not given."""
+    from rllib_pirl.evaluation import evaluate
+
+    def progress(i, partial):
+        if i % job["every"] == 0 or i == job["episodes"]:
+            print(
+                f"{job['prefix']} {i}/{job['episodes']} episodes, mean return {partial.mean_return:.3f}, "
+                f"success {partial.success_rate:.3f}",
+                flush=True,
+            )
+
+    env = job["make"]()
+    try:
+        if module is None and job["model_checkpoint"]:
+            try:
+                module = module_for_model(job["checkpoint"], env, job["num_denoise_steps"], job["instructions"])
+            except ValueError as e:  # the checkpoint does not fit the env
+                raise UsageError(f"{job['checkpoint']} does not fit --env {job['env']}: {e}") from None
+        elif module is None:
+            module = load_checkpoint(job["checkpoint"])[0]
+        result = evaluate(
+            module,
+            env,
+            job["episodes"],
+            seed=job["seed"],
+            explore=job["explore"],
+            normalize_actions=job["normalize_actions"],
+            clip_actions=job["clip_actions"],
+            progress=progress,
+            video_dir=job["video_dir"],
+        )
+        return result, module
+    finally:
+        env.close()
+
+
+def _evaluate_task_in_worker(job: dict):
+    """:func:`_evaluate_task` in a worker process of ``rllib evaluate --workers``."""
+    import torch
+
+    import rllib_pirl  # noqa: F401  (registers the envs)
+
+    torch.set_num_threads(1)
+    return _evaluate_task(job)[0]
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
-    from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_env_makers
+    from rllib_pirl.evaluation import EvalResult, evaluation_env_makers
 
     torch.set_num_threads(1)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}.")
     overrides = {}
     if args.env_config:
         try:
@@ -370,6 +421,14 @@ def cmd_evaluate(args) -> int:
         env_config = dict(config.get("env_config") or {}, **overrides)
         makers = evaluation_env_makers(args.env or config["env"], env_config)
     env_name = args.env or config["env"]
+    from rllib_pirl.envs import ENV_INSTRUCTIONS
+
+    # A model checkpoint gets the env's instructions by task_id (its own follow the SFT's task
+    # order); an algorithm checkpoint's module already has its env's.
+    model_checkpoint = is_model_checkpoint(args.checkpoint)
+    instructions = None
+    if model_checkpoint and env_name in ENV_INSTRUCTIONS:
+        instructions = ENV_INSTRUCTIONS[env_name](dict(overrides))
     if env_name == "LIBERO":  # the standard protocol: each task's 50 fixed initial states, in order
         args.episodes = 50 - args.seed if args.episodes is None else args.episodes
         if args.seed < 0 or args.seed + args.episodes > 50:
@@ -381,7 +440,6 @@ def cmd_evaluate(args) -> int:
     args.episodes = 100 if args.episodes is None else args.episodes
     if args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}.")
-    every = max(1, args.episodes // 10)
     per_task = f" per task ({len(makers)} tasks)" if len(makers) > 1 else ""
     print(
         f"Evaluating {args.checkpoint} on {config['env']} ({'stochastic' if args.explore else 'deterministic'} "
@@ -389,40 +447,39 @@ def cmd_evaluate(args) -> int:
         f"{per_task})",
         flush=True,
     )
+    jobs = [
+        {
+            "checkpoint": args.checkpoint,
+            "model_checkpoint": model_checkpoint,
+            "instructions": instructions,
+            "env": env_name,
+            "make": make,
+            "episodes": args.episodes,
+            "seed": args.seed,
+            "explore": args.explore,
+            "num_denoise_steps": args.num_denoise_steps,
+            "normalize_actions": config.get("normalize_actions", True),
+            "clip_actions": config.get("clip_actions", False),
+            "video_dir": args.video_dir,
+            "prefix": f"  task {index + 1}/{len(makers)}:" if len(makers) > 1 else " ",
+            "every": max(1, args.episodes // 10),
+        }
+        for index, make in enumerate(makers)
+    ]
     result = EvalResult()
-    for index, make in enumerate(makers):
-        prefix = f"  task {index + 1}/{len(makers)}:" if len(makers) > 1 else " "
+    if args.workers > 1 and len(jobs) > 1:
+        import concurrent.futures
+        import multiprocessing
 
-        def progress(i, partial, prefix=prefix):
-            if i % every == 0 or i == args.episodes:
-                print(
-                    f"{prefix} {i}/{args.episodes} episodes, mean return {partial.mean_return:.3f}, "
-                    f"success {partial.success_rate:.3f}",
-                    flush=True,
-                )
-
-        env = make()
-        try:
-            if module is None:
-                try:
-                    module = module_for_model(args.checkpoint, env, args.num_denoise_steps)
-                except ValueError as e:  # the checkpoint does not fit the env
-                    raise UsageError(f"{args.checkpoint} does not fit --env {args.env}: {e}") from None
-            result.extend(
-                evaluate(
-                    module,
-                    env,
-                    args.episodes,
-                    seed=args.seed,
-                    explore=args.explore,
-                    normalize_actions=config.get("normalize_actions", True),
-                    clip_actions=config.get("clip_actions", False),
-                    progress=progress,
-                    video_dir=args.video_dir,
-                )
-            )
-        finally:
-            env.close()
+        print(f"  {len(jobs)} tasks over {min(args.workers, len(jobs))} worker processes", flush=True)
+        context = multiprocessing.get_context("forkserver")
+        with concurrent.futures.ProcessPoolExecutor(min(args.workers, len(jobs)), mp_context=context) as pool:
+            for task_result in pool.map(_evaluate_task_in_worker, jobs):  # in task order
+                result.extend(task_result)
+    else:
+        for job in jobs:
+            task_result, module = _evaluate_task(job, module)
+            result.extend(task_result)
     print(result.summary())
     if args.video_dir:
         print(f"videos (first 3 episodes of each task, camera observations only): {args.video_dir}")
@@ -612,6 +669,12 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--env", help="env name (required for a model checkpoint from `rllib sft`)")
     ev.add_argument("--num-denoise-steps", type=int, default=4, help="K for a model checkpoint (default 4)")
     ev.add_argument("--video-dir", help="write mp4s of the first 3 episodes here (envs with camera observations)")
+    ev.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="evaluate the tasks of a suite in this many processes at once (default 1; each loads the model)",
+    )
     ev.set_defaults(func=cmd_evaluate)
     de = sub.add_parser(
         "demos",

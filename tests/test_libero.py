@@ -321,6 +321,18 @@ def test_sft_command_on_libero_files_then_the_env_runs_the_checkpoint(demo_file,
         f"{GOAL_DRAWER}_episode_0_failure.mp4",
         f"{GOAL_DRAWER}_episode_1_failure.mp4",
     ]
+    # two tasks in two worker processes: the same per-task results as one after the other
+    two = dict(json.loads(env_config), tasks=[GOAL_DRAWER, 1])
+    summaries = []
+    for workers in ("1", "2"):
+        argv = ["evaluate", str(out), "--env", "LIBERO", "--env-config", json.dumps(two), "--episodes", "2"]
+        assert main([*argv, "--num-denoise-steps", "2", "--workers", workers]) == 0
+        text = capsys.readouterr().out
+        summaries.append(text[text.index("episodes: 4") :])
+    assert summaries[0] == summaries[1]
+    assert (
+        f"{GOAL_DRAWER}: success" in summaries[0] and f"{suite_tasks('libero_goal')[1].name}: success" in summaries[0]
+    )
 
 
 def test_one_flow_sde_iteration_with_tiny_pi0(tmp_path, ray_session):
