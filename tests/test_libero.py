@@ -321,6 +321,20 @@ def test_sft_command_on_libero_files_then_the_env_runs_the_checkpoint(demo_file,
         f"{GOAL_DRAWER}_episode_0_failure.mp4",
         f"{GOAL_DRAWER}_episode_1_failure.mp4",
     ]
+    # a model checkpoint on a multi-task env takes the env's instructions by task_id
+    from rllib_pirl.cli import module_for_model
+    from rllib_pirl.envs.libero import make_task_env
+
+    two_config = LiberoConfig.from_env_config(dict(json.loads(env_config), tasks=[1, GOAL_DRAWER]))
+    env = make_task_env(two_config, 0)
+    try:
+        module = module_for_model(str(out), env, 2, instructions=two_config.instruction_list())
+        assert module.model.instructions == [
+            suite_tasks("libero_goal")[1].language,
+            "open the middle drawer of the cabinet",
+        ]
+    finally:
+        env.close()
     # two tasks in two worker processes: the same per-task results as one after the other
     two = dict(json.loads(env_config), tasks=[GOAL_DRAWER, 1])
     summaries = []
