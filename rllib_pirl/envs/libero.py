@@ -149,10 +149,6 @@ class LiberoConfig:
                 ids.append(int(task))
         return ids
 
-    def task_names(self) -> list[str]:
-        tasks = suite_tasks(self.suite)
-        return [tasks[i].name for i in self.tasks]
-
     def instruction_list(self) -> list[str]:
         tasks = suite_tasks(self.suite)
         return [tasks[i].language for i in self.tasks]
