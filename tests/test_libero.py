@@ -349,9 +349,10 @@ def test_sft_command_on_libero_files_then_the_env_runs_the_checkpoint(demo_file,
     )
 
 
-def test_one_flow_sde_iteration_with_tiny_pi0(tmp_path, ray_session):
-    """Tiny π0 (two 32-px cameras, 8-D state, the task's instruction) on a LIBERO task,
-    2 worker processes, one Flow-SDE iteration: the expert trains."""
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_one_flow_sde_iteration_with_tiny_pi0(tmp_path, ray_session, variant):
+    """Tiny π0 / π0.5 (two 32-px cameras, 8-D state, the task's instruction) on a LIBERO
+    task, 2 worker processes, one Flow-SDE iteration: the expert trains."""
     from rllib_pirl import FlowSDEConfig
     from rllib_pirl.models.pi0 import PiConfig, PiPolicy
     from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
@@ -369,7 +370,7 @@ def test_one_flow_sde_iteration_with_tiny_pi0(tmp_path, ray_session):
             model_config={
                 "model_class": "rllib_pirl.models.pi0:PiPolicy",
                 "model_kwargs": {
-                    "pi_config": PiConfig.tiny("pi0").to_dict(),
+                    "pi_config": PiConfig.tiny(variant).to_dict(),
                     "tokenizer": tokenizer,
                     "value_hidden_sizes": [16],
                 },
@@ -380,7 +381,7 @@ def test_one_flow_sde_iteration_with_tiny_pi0(tmp_path, ray_session):
     algo = config.build_algo()
     try:
         model = algo.get_module().model
-        assert isinstance(model, PiPolicy)
+        assert isinstance(model, PiPolicy) and model.config.variant == variant
         assert model.instructions == ["open the middle drawer of the cabinet"]
         assert model.camera_keys == ["image", "wrist_image"]
         before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("backbone.gemma_expert")}
