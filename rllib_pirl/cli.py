@@ -407,7 +407,8 @@ def cmd_evaluate(args) -> int:
             overrides = json.loads(args.env_config)
         except json.JSONDecodeError as e:
             raise UsageError(f"--env-config must be a JSON object: {e}") from None
-    if is_model_checkpoint(args.checkpoint):
+    model_checkpoint = is_model_checkpoint(args.checkpoint)
+    if model_checkpoint:
         if not args.env:
             raise UsageError("A model checkpoint needs --env (and usually --env-config) to evaluate on.")
         import rllib_pirl  # noqa: F401
@@ -425,7 +426,6 @@ def cmd_evaluate(args) -> int:
 
     # A model checkpoint gets the env's instructions by task_id (its own follow the SFT's task
     # order); an algorithm checkpoint's module already has its env's.
-    model_checkpoint = is_model_checkpoint(args.checkpoint)
     instructions = None
     if model_checkpoint and env_name in ENV_INSTRUCTIONS:
         instructions = ENV_INSTRUCTIONS[env_name](dict(overrides))

@@ -135,19 +135,27 @@ def generate_demos(
     return converted
 
 
-def demo_files(paths: Sequence[str]) -> list[str]:
-    """.h5 files named directly or found (converted state demos) under folders."""
+def find_files(paths: Sequence[str], pattern: str, none_found: str) -> list[str]:
+    """Files named directly, or found under folders by the glob ``pattern`` (recursive);
+    ``none_found``: the message when there are none."""
     files: list[str] = []
     for path in paths:
         if os.path.isdir(path):
-            files += sorted(glob.glob(os.path.join(path, "**", "*.state.*.h5"), recursive=True))
+            files += sorted(glob.glob(os.path.join(path, "**", pattern), recursive=True))
         elif os.path.isfile(path):
             files.append(path)
         else:
             raise FileNotFoundError(f"No demo file or folder {path}")
     if not files:
-        raise FileNotFoundError(f"No converted demos (*.state.*.h5) under {list(paths)}; make them with `rllib demos`.")
+        raise FileNotFoundError(none_found)
     return files
+
+
+def demo_files(paths: Sequence[str]) -> list[str]:
+    """.h5 files named directly or found (converted state demos) under folders."""
+    return find_files(
+        paths, "*.state.*.h5", f"No converted demos (*.state.*.h5) under {list(paths)}; make them with `rllib demos`."
+    )
 
 
 def load_demos(paths: Sequence[str], limit_per_task: int | None = None) -> list[Demo]:

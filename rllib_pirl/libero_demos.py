@@ -18,14 +18,13 @@ instruction.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from rllib_pirl.demos import Demo
+from rllib_pirl.demos import Demo, find_files
 
 #: the dataset's camera → the env's observation key
 CAMERA_DATASETS = {"image": "agentview_rgb", "wrist_image": "eye_in_hand_rgb"}
@@ -43,17 +42,7 @@ def is_libero_file(path: str) -> bool:
 
 def libero_files(paths: Sequence[str]) -> list[str]:
     """LIBERO ``*.hdf5`` files named directly or found under folders."""
-    files: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            files += sorted(glob.glob(os.path.join(path, "**", "*.hdf5"), recursive=True))
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"No demo file or folder {path}")
-    if not files:
-        raise FileNotFoundError(f"No LIBERO demo files (*.hdf5) under {list(paths)}.")
-    return files
+    return find_files(paths, "*.hdf5", f"No LIBERO demo files (*.hdf5) under {list(paths)}.")
 
 
 def upright_from(convention: str):

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from conftest import assert_one_iteration_trains_the_expert, tiny_pi_rl_config
 
 pytest.importorskip("libero", reason="LIBERO is not installed: run scripts/setup_libero.sh")
 
@@ -354,41 +354,17 @@ def test_one_flow_sde_iteration_with_tiny_pi0(tmp_path, ray_session, variant):
     """Tiny π0 / π0.5 (two 32-px cameras, 8-D state, the task's instruction) on a LIBERO
     task, 2 worker processes, one Flow-SDE iteration: the expert trains."""
     from rllib_pirl import FlowSDEConfig
-    from rllib_pirl.models.pi0 import PiConfig, PiPolicy
+    from rllib_pirl.models.pi0 import PiPolicy
     from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer(str(tmp_path / "tok.model"), all_instructions(), 500)
-    config = (
-        FlowSDEConfig()
-        .environment(
-            "LIBERO",
-            env_config={"suite": "libero_goal", "tasks": [GOAL_DRAWER], "camera_size": 32, "max_episode_steps": 16},
-        )
-        .training(action_chunk=4, num_denoise_steps=3, train_batch_size_per_learner=8, minibatch_size=4, num_epochs=1)
-        .env_runners(num_env_runners=0, num_envs_per_env_runner=2)
-        .rl_module(
-            model_config={
-                "model_class": "rllib_pirl.models.pi0:PiPolicy",
-                "model_kwargs": {
-                    "pi_config": PiConfig.tiny(variant).to_dict(),
-                    "tokenizer": tokenizer,
-                    "value_hidden_sizes": [16],
-                },
-            }
-        )
-        .debugging(seed=0)
-    )
-    algo = config.build_algo()
+    env_config = {"suite": "libero_goal", "tasks": [GOAL_DRAWER], "camera_size": 32, "max_episode_steps": 16}
+    algo = tiny_pi_rl_config(FlowSDEConfig, "LIBERO", env_config, variant, tokenizer, num_envs=2).build_algo()
     try:
         model = algo.get_module().model
         assert isinstance(model, PiPolicy) and model.config.variant == variant
         assert model.instructions == ["open the middle drawer of the cabinet"]
         assert model.camera_keys == ["image", "wrist_image"]
-        before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("backbone.gemma_expert")}
-        result = algo.train()
-        learner = result["learners"]["default_policy"]
-        assert learner["num_module_steps_trained"] > 0 and np.isfinite(learner["policy_loss"])
-        after = algo.get_module().model.state_dict()
-        assert any(not torch.equal(v, after[k]) for k, v in before.items())
+        assert_one_iteration_trains_the_expert(algo)
     finally:
         algo.stop()

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_iteration_trains_the_expert, tiny_pi_rl_config
 from safetensors.torch import load_file, save_file
 
 from rllib_pirl.flow import sample_chain
@@ -339,35 +340,20 @@ def test_one_rl_iteration_on_maniskill_rgb(tokenizer, ray_session, variant, algo
 
     instruction = "lift the red cube"
     env_config = {"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": 32, "max_episode_steps": 12}
-    config = (
-        (FlowSDEConfig if algorithm == "sde" else FlowNoiseConfig)()
-        .environment("ManiSkill", env_config={**env_config, "instructions": [instruction]})
-        .training(action_chunk=4, num_denoise_steps=3, train_batch_size_per_learner=8, minibatch_size=4, num_epochs=1)
-        .env_runners(num_env_runners=0, num_envs_per_env_runner=1)
-        .rl_module(
-            model_config={
-                "model_class": "rllib_pirl.models.pi0:PiPolicy",
-                "model_kwargs": {
-                    "pi_config": PiConfig.tiny(variant).to_dict(),
-                    "tokenizer": tokenizer,
-                    "value_hidden_sizes": [16],
-                    "noise_hidden_sizes": [16],
-                },
-            }
-        )
-        .debugging(seed=0)
+    config = tiny_pi_rl_config(
+        FlowSDEConfig if algorithm == "sde" else FlowNoiseConfig,
+        "ManiSkill",
+        {**env_config, "instructions": [instruction]},
+        variant,
+        tokenizer,
+        noise_hidden_sizes=[16],
     )
     algo = config.build_algo()
     try:
         model = algo.get_module().model
         assert isinstance(model, PiPolicy) and model.config.variant == variant
         assert model.instructions == [instruction] and model.camera_keys == CAMERAS
-        before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("backbone.gemma_expert")}
-        result = algo.train()
-        learner = result["learners"]["default_policy"]
-        assert learner["num_module_steps_trained"] > 0 and np.isfinite(learner["policy_loss"])
-        after = algo.get_module().model.state_dict()
-        assert any(not torch.equal(v, after[k]) for k, v in before.items())  # the expert trained
+        assert_one_iteration_trains_the_expert(algo)
     finally:
         algo.stop()
 
