@@ -355,3 +355,15 @@ def test_pi0_sft_on_rendered_demos_then_an_rl_iteration(tmp_path, ray_session):
         assert result["learners"]["default_policy"]["num_module_steps_trained"] > 0
     finally:
         algo.stop()
+
+
+def test_batched_env_closes_after_a_failed_construction():
+    """gymnasium's __del__ closes a vector env whose constructor raised: no AttributeError."""
+    from rllib_pirl.envs.maniskill_batched import ManiSkillBatchedVectorEnv
+
+    config = ManiSkillConfig.from_env_config({"tasks": ["PickCube-v1", "PushCube-v1"]})
+    env = ManiSkillBatchedVectorEnv.__new__(ManiSkillBatchedVectorEnv)
+    with pytest.raises(ValueError, match="one task per process"):
+        env.__init__(config, 2)
+    env.close()
+    assert env.closed

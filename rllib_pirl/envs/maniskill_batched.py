@@ -176,7 +176,11 @@ class ManiSkillBatchedVectorEnv(gym.vector.VectorEnv):
         return obs, rewards.astype(np.float32), terminated, truncated, self._infos(success, chunk_steps)
 
     def close_extras(self, **kwargs):
-        self.env.close()
+        # Also called (by gymnasium's __del__) when the constructor failed before making the env.
+        env = getattr(self, "env", None)
+        if env is not None:
+            env.close()
+            self.env = None
 
 
 def _select_rows(old, new, rows):
