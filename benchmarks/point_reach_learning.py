@@ -19,9 +19,9 @@ import time
 import ray
 import torch
 
-from rllib_pirl.cli import build_config, load_experiments, resolve_algorithm
 from rllib_pirl.envs import make_point_reach
 from rllib_pirl.evaluation import evaluate
+from rllib_pirl.experiments import build_config, load_experiments, resolve_algorithm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = {"FlowSDE": "flow_sde_point_reach.yaml", "FlowNoise": "flow_noise_point_reach.yaml"}

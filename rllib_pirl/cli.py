@@ -1,485 +1,71 @@
-"""The ``rllib`` command (Ray 2.60 ships none).
+"""The ``rllib`` command (Ray 2.60 ships none): argparse over the Python API.
 
-  rllib train file FILE.yaml [--stop JSON] [--storage-path DIR]
-  rllib evaluate CHECKPOINT [--episodes N] [--seed S]
+  rllib train file FILE.yaml   → rllib_pirl.experiments (prepare_experiments, run_experiment)
+  rllib evaluate CHECKPOINT    → rllib_pirl.evaluation.evaluate_checkpoint
+  rllib export CHECKPOINT      → rllib_pirl.evaluation.load_algorithm_checkpoint + models.checkpoint.save_model
+  rllib demos / sft / tokenizer → rllib_pirl.demos, rllib_pirl.sft, models.pi0.inputs
 
-``train file`` reads the classic tuned_examples format::
-
-    experiment-name:
-      env: PointReach            # a registered env name or a gymnasium id
-      run: FlowSDE               # a registered algorithm or "package.module:Class"
-      stop: {training_iteration: 50}
-      config: {lr: 3.0e-4, ...}  # keys of the algorithm's config (grid_search allowed)
-      checkpoint_config: {checkpoint_frequency: 10, checkpoint_at_end: true}
-
-and runs it through Ray Tune. Everything is validated before anything is written.
+Bad input raises :class:`~rllib_pirl.errors.UsageError`: one message, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import difflib
 import json
 import os
-import pickle
 import sys
-from typing import Any
 
-EXPERIMENT_KEYS = ("env", "run", "stop", "config", "checkpoint_config")
-CHECKPOINT_KEYS = (
-    "num_to_keep",
-    "checkpoint_score_attribute",
-    "checkpoint_score_order",
-    "checkpoint_frequency",
-    "checkpoint_at_end",
-)
-MODULE_CHECKPOINT = os.path.join("learner_group", "learner", "rl_module", "default_policy")
-
-
-class UsageError(Exception):
-    """Bad input: reported as one clear message, exit code 2."""
-
-
-def _suggest(name, choices) -> str:
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
-def _first_sample(value):
-    """A concrete stand-in for a Tune search space (its first grid value), for validation."""
-    if isinstance(value, dict):
-        if set(value) == {"grid_search"}:
-            return _first_sample(value["grid_search"][0])
-        return {k: _first_sample(v) for k, v in value.items()}
-    return value
-
-
-def _resolve_path(path: str) -> str:
-    """``$VARS`` and ``~`` expanded, absolute (relative to where `rllib` runs)."""
-    return os.path.abspath(os.path.expanduser(os.path.expandvars(path)))
-
-
-def config_dict_for_rllib(config: dict[str, Any]) -> dict[str, Any]:
-    """The yaml's config as ``AlgorithmConfig.update_from_dict`` takes it: the RLModule's
-    ``model_config`` (a read-only property) is stored as ``_model_config``, and a relative
-    ``init_checkpoint`` becomes absolute."""
-    config = dict(config)
-    if "model_config" in config:
-        model_config = dict(config.pop("model_config") or {})
-        init = model_config.get("init_checkpoint")
-        if isinstance(init, str):
-            # Relative to where `rllib` runs (Tune trials run in their own folders).
-            model_config["init_checkpoint"] = _resolve_path(init)
-            if not is_model_checkpoint(model_config["init_checkpoint"]):
-                raise UsageError(
-                    f"model_config.init_checkpoint: {init!r} is not a model checkpoint folder (config.json + "
-                    "model.safetensors, from `rllib sft`); relative paths are resolved from the current directory."
-                )
-        kwargs = dict(model_config.get("model_kwargs") or {})
-        for key in ("pretrained", "tokenizer"):  # π0 / π0.5 files, checked before any rollout
-            value = kwargs.get(key)
-            if isinstance(value, str):
-                path = _resolve_path(value)
-                if not os.path.exists(path):
-                    raise UsageError(
-                        f"model_config.model_kwargs.{key}: {value!r} does not exist ({path}). "
-                        + (
-                            "Point it at a π0 / π0.5 checkpoint folder (lerobot, openpi or rllib_pirl layout)."
-                            if key == "pretrained"
-                            else "Point it at PaliGemma's SentencePiece tokenizer file."
-                        )
-                    )
-                kwargs[key] = path
-        if kwargs:
-            model_config["model_kwargs"] = kwargs
-        config["_model_config"] = model_config
-    return config
-
-
-def progress_callback(min_interval_s: float = 5.0):
-    """A Tune callback printing one line per trial result (at most every ``min_interval_s``
-    seconds per trial, always the first): iteration, policy steps (RLlib env steps: one per action chunk), return, success, KL."""
-    import time
-
-    from ray import tune
-
-    class ProgressLine(tune.Callback):
-        def __init__(self):
-            self.last = {}
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            now = time.time()
-            if now - self.last.get(trial.trial_id, 0.0) < min_interval_s and result.get("training_iteration") != 1:
-                return
-            self.last[trial.trial_id] = now
-            runners = result.get("env_runners", {})
-            learner = result.get("learners", {}).get("default_policy", {})
-
-            def fmt(value, spec):
-                return format(value, spec) if isinstance(value, (int, float)) else "n/a"
-
-            print(
-                f"[{trial.trial_id}] iter {result.get('training_iteration')}"
-                f"  policy steps {fmt(runners.get('num_env_steps_sampled_lifetime'), '.0f')}"
-                f"  return {fmt(runners.get('episode_return_mean'), '.3f')}"
-                f"  success {fmt(runners.get('success_rate'), '.3f')}"
-                f"  kl {fmt(learner.get('approx_kl'), '.4f')}  clip {fmt(learner.get('clip_fraction'), '.3f')}"
-                f"  ({fmt(result.get('time_total_s'), '.0f')} s)",
-                flush=True,
-            )
-
-    return ProgressLine()
-
-
-def load_experiments(path: str) -> dict[str, dict[str, Any]]:
-    """Parse a tuned-example yaml file and check its structure."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise UsageError(f"No such file: {path}")
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise UsageError(f"Malformed yaml in {path}: {e}") from None
-    if not isinstance(data, dict) or not data:
-        raise UsageError(
-            f"{path} must map experiment names to {{env, run, stop, config, checkpoint_config}}, "
-            f"got {type(data).__name__}."
-        )
-    for name, spec in data.items():
-        if not isinstance(spec, dict):
-            raise UsageError(f"Experiment {name!r} in {path} must be a mapping with keys {EXPERIMENT_KEYS}.")
-        for key in spec:
-            if key not in EXPERIMENT_KEYS:
-                raise UsageError(
-                    f"Experiment {name!r}: unknown key {key!r}; valid keys: {', '.join(EXPERIMENT_KEYS)}."
-                    + _suggest(key, EXPERIMENT_KEYS)
-                )
-        for key in ("run", "env"):
-            if key not in spec:
-                raise UsageError(f"Experiment {name!r} has no {key!r} key.")
-        for key in ("stop", "config", "checkpoint_config"):
-            if not isinstance(spec.get(key, {}), dict):
-                raise UsageError(f"Experiment {name!r}: {key!r} must be a mapping.")
-    return data
-
-
-def resolve_algorithm(run: str):
-    """A registered algorithm name, or ``package.module:Class``."""
-    from ray.rllib.algorithms.algorithm import Algorithm
-    from ray.rllib.algorithms.registry import ALGORITHMS as RLLIB_ALGORITHMS
-
-    import rllib_pirl
-
-    if not isinstance(run, str):
-        raise UsageError(f"run: must be a string, got {run!r}.")
-    if ":" in run:
-        from rllib_pirl.rl_module import import_object
-
-        try:
-            cls = import_object(run)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise UsageError(f"run: cannot import {run!r}: {e}") from None
-    elif run in rllib_pirl.ALGORITHMS:
-        cls = rllib_pirl.ALGORITHMS[run]
-    elif run in RLLIB_ALGORITHMS:
-        cls = RLLIB_ALGORITHMS[run]()[0]
-    else:
-        choices = list(rllib_pirl.ALGORITHMS) + sorted(RLLIB_ALGORITHMS)
-        raise UsageError(
-            f"run: unknown algorithm {run!r}. Valid: {', '.join(choices)}, or 'package.module:Class'."
-            + _suggest(run, choices)
-        )
-    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-        raise UsageError(f"run: {run!r} is not an RLlib Algorithm class.")
-    return cls
-
-
-def check_env(env) -> None:
-    import gymnasium as gym
-    from ray.tune.registry import ENV_CREATOR, _global_registry
-
-    from rllib_pirl.envs import ENV_CREATORS
-
-    if isinstance(env, str) and (_global_registry.contains(ENV_CREATOR, env) or env in gym.registry):
-        return
-    raise UsageError(
-        f"env: unknown env {env!r}. Registered by rllib_pirl: {', '.join(ENV_CREATORS)}; "
-        "or any gymnasium id (with a chunked action space; see the 'ChunkedGym' env)."
-        + _suggest(env, list(ENV_CREATORS) + list(gym.registry))
-    )
-
-
-def build_config(algo_cls, env, config: dict[str, Any], name: str):
-    """The algorithm's config for ``config`` (search spaces at their first value),
-    validated: unknown keys and invalid values stop here."""
-    algo_config = algo_cls.get_default_config()
-    sample = _first_sample(copy.deepcopy(config_dict_for_rllib(config)))
-    for key in sample:
-        translated = algo_config._translate_special_keys(key, warn_deprecated=False)
-        if not hasattr(algo_config, translated):
-            known = [k for k in vars(algo_config) if not k.startswith("_")] + ["model_config"]
-            key = "model_config" if key == "_model_config" else key
-            raise UsageError(
-                f"Experiment {name!r}: {algo_cls.__name__}'s config has no key {key!r}." + _suggest(key, known)
-            )
-    try:
-        algo_config = algo_config.update_from_dict(sample).environment(env)
-        algo_config.validate()
-    except (ValueError, TypeError) as e:
-        msg = str(e).split("\nTo suppress all validation errors")[0]
-        raise UsageError(f"Experiment {name!r}: invalid config: {msg}") from None
-    return algo_config
+from rllib_pirl.errors import UsageError
 
 
 def cmd_train_file(args) -> int:
-    import rllib_pirl  # noqa: F401  (registers algorithms and envs)
+    from rllib_pirl.experiments import prepare_experiments, run_experiment
 
-    experiments = load_experiments(args.file)
-    stop_override = None
+    stop = None
     if args.stop is not None:
         try:
-            stop_override = json.loads(args.stop)
+            stop = json.loads(args.stop)
         except json.JSONDecodeError as e:
             raise UsageError(f"--stop must be a JSON object, e.g. '{{\"training_iteration\": 5}}': {e}") from None
-        if not isinstance(stop_override, dict):
+        if not isinstance(stop, dict):
             raise UsageError("--stop must be a JSON object, e.g. '{\"training_iteration\": 5}'.")
-
-    # Validate everything before Tune writes anything.
-    prepared = []
-    for name, spec in experiments.items():
-        algo_cls = resolve_algorithm(spec["run"])
-        check_env(spec["env"])
-        build_config(algo_cls, spec["env"], spec.get("config", {}), name)
-        ckpt = spec.get("checkpoint_config", {})
-        for key in ckpt:
-            if key not in CHECKPOINT_KEYS:
-                raise UsageError(
-                    f"Experiment {name!r}: unknown checkpoint_config key {key!r}; valid: {', '.join(CHECKPOINT_KEYS)}."
-                )
-        stop = stop_override if stop_override is not None else spec.get("stop", {})
-        prepared.append((name, algo_cls, spec, stop, ckpt))
-
+    experiments = prepare_experiments(args.file, stop)  # everything validated before Tune writes anything
     import ray
-    from ray import tune
 
-    storage = os.path.abspath(os.path.expanduser(args.storage_path or "~/ray_results"))
-    for name, algo_cls, spec, stop, ckpt in prepared:
-        param_space = dict(config_dict_for_rllib(spec.get("config", {})), env=spec["env"])
-        checkpoint_config = tune.CheckpointConfig(**{"checkpoint_at_end": True, **ckpt})
-        print(f"== {name}: {algo_cls.__name__} on {spec['env']}, stop={stop}", flush=True)
-        print(f"   results: {os.path.join(storage, name)}  (tensorboard --logdir {storage})", flush=True)
-        tuner = tune.Tuner(
-            algo_cls,
-            param_space=param_space,
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=storage,
-                stop=stop,
-                checkpoint_config=checkpoint_config,
-                callbacks=[progress_callback()],
-                verbose=1,
-            ),
-        )
-        results = tuner.fit()
-        failed = [r for r in results if r.error]
-        for r in results:
-            runners = (r.metrics or {}).get("env_runners", {})
-            ckpt_path = r.checkpoint.path if r.checkpoint else None
-            print(
-                f"   trial {r.path}: episode_return_mean={runners.get('episode_return_mean')}, "
-                f"success_rate={runners.get('success_rate')}, checkpoint={ckpt_path}",
-                flush=True,
-            )
+    for experiment in experiments:
+        failed = [r for r in run_experiment(experiment, args.storage_path) if r.error]
+        for r in failed:
+            print(f"   trial failed: {r.error}", file=sys.stderr)
         if failed:
-            for r in failed:
-                print(f"   trial failed: {r.error}", file=sys.stderr)
             return 1
     if ray.is_initialized():
         ray.shutdown()
     return 0
 
 
-def load_checkpoint(path: str):
-    """``(module, algorithm config dict)`` from an Algorithm checkpoint folder."""
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    import rllib_pirl  # noqa: F401
-
-    path = os.path.abspath(os.path.expanduser(path))
-    module_dir = os.path.join(path, MODULE_CHECKPOINT)
-    ctor = os.path.join(path, "class_and_ctor_args.pkl")
-    if not (os.path.isdir(module_dir) and os.path.isfile(ctor)):
-        raise UsageError(
-            f"{path} is neither an RLlib algorithm checkpoint (expected {MODULE_CHECKPOINT}/ and "
-            "class_and_ctor_args.pkl; pass a trial's checkpoint_00000N folder) nor a model checkpoint "
-            "(config.json and model.safetensors, from `rllib sft`)."
-        )
-    with open(ctor, "rb") as f:
-        config = pickle.load(f)["ctor_args_and_kwargs"][0][0]
-    module = RLModule.from_checkpoint(module_dir)
-    module.eval()
-    return module, config
-
-
-def module_for_model(path: str, env, num_denoise_steps: int, instructions=None):
-    """A deterministic FlowRLModule around a model checkpoint (e.g. from `rllib sft`);
-    ``instructions``: the env's, one per ``task_id`` (they replace the checkpoint's prompts,
-    whose task order is the SFT's)."""
-    from rllib_pirl.rl_module import FlowRLModule
-
-    space = env.action_space
-    model_config = {"init_checkpoint": path, "num_denoise_steps": num_denoise_steps, "action_chunk": space.shape[0]}
-    if instructions is not None:
-        model_config["instructions"] = list(instructions)
-    module = FlowRLModule(observation_space=env.observation_space, action_space=space, model_config=model_config)
-    module.eval()
-    return module
-
-
-def is_model_checkpoint(path: str) -> bool:
-    from rllib_pirl.models.checkpoint import is_model_checkpoint as check
-
-    return check(path)
-
-
-def _evaluate_task(job: dict, module=None):
-    """Evaluate one task (one env, made here and closed): ``(EvalResult, module)``; the
-    module is loaded from the checkpoint when not given."""
-    from rllib_pirl.evaluation import evaluate
-
-    def progress(i, partial):
-        if i % job["every"] == 0 or i == job["episodes"]:
-            print(
-                f"{job['prefix']} {i}/{job['episodes']} episodes, mean return {partial.mean_return:.3f}, "
-                f"success {partial.success_rate:.3f}",
-                flush=True,
-            )
-
-    env = job["make"]()
-    try:
-        if module is None and job["model_checkpoint"]:
-            try:
-                module = module_for_model(job["checkpoint"], env, job["num_denoise_steps"], job["instructions"])
-            except ValueError as e:  # the checkpoint does not fit the env
-                raise UsageError(f"{job['checkpoint']} does not fit --env {job['env']}: {e}") from None
-        elif module is None:
-            module = load_checkpoint(job["checkpoint"])[0]
-        result = evaluate(
-            module,
-            env,
-            job["episodes"],
-            seed=job["seed"],
-            explore=job["explore"],
-            normalize_actions=job["normalize_actions"],
-            clip_actions=job["clip_actions"],
-            progress=progress,
-            video_dir=job["video_dir"],
-        )
-        return result, module
-    finally:
-        env.close()
-
-
-def _evaluate_task_in_worker(job: dict):
-    """:func:`_evaluate_task` in a worker process of ``rllib evaluate --workers``."""
-    import torch
-
-    import rllib_pirl  # noqa: F401  (registers the envs)
-
-    torch.set_num_threads(1)
-    return _evaluate_task(job)[0]
-
-
 def cmd_evaluate(args) -> int:
     import torch
 
-    from rllib_pirl.evaluation import EvalResult, evaluation_env_makers
+    from rllib_pirl.evaluation import evaluate_checkpoint
 
     torch.set_num_threads(1)
-    if args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}.")
-    overrides = {}
+    env_config = None
     if args.env_config:
         try:
-            overrides = json.loads(args.env_config)
+            env_config = json.loads(args.env_config)
         except json.JSONDecodeError as e:
             raise UsageError(f"--env-config must be a JSON object: {e}") from None
-    model_checkpoint = is_model_checkpoint(args.checkpoint)
-    if model_checkpoint:
-        if not args.env:
-            raise UsageError("A model checkpoint needs --env (and usually --env-config) to evaluate on.")
-        import rllib_pirl  # noqa: F401
-
-        check_env(args.env)
-        config = {"env": args.env, "env_config": overrides, "normalize_actions": True, "clip_actions": False}
-        makers = evaluation_env_makers(args.env, dict(overrides))
-        module = None  # built from the first env's spaces
-    else:
-        module, config = load_checkpoint(args.checkpoint)
-        env_config = dict(config.get("env_config") or {}, **overrides)
-        makers = evaluation_env_makers(args.env or config["env"], env_config)
-    env_name = args.env or config["env"]
-    from rllib_pirl.envs import ENV_INSTRUCTIONS
-
-    # A model checkpoint gets the env's instructions by task_id (its own follow the SFT's task
-    # order); an algorithm checkpoint's module already has its env's.
-    instructions = None
-    if model_checkpoint and env_name in ENV_INSTRUCTIONS:
-        instructions = ENV_INSTRUCTIONS[env_name](dict(overrides))
-    if env_name == "LIBERO":  # the standard protocol: each task's 50 fixed initial states, in order
-        args.episodes = 50 - args.seed if args.episodes is None else args.episodes
-        if args.seed < 0 or args.seed + args.episodes > 50:
-            raise UsageError(
-                f"LIBERO episodes are the tasks' 50 fixed initial states (episode i = initial state --seed + i): "
-                f"--seed {args.seed} --episodes {args.episodes} asks for states {args.seed}.."
-                f"{args.seed + args.episodes - 1}, outside 0..49. The standard protocol is --episodes 50 (the default)."
-            )
-    args.episodes = 100 if args.episodes is None else args.episodes
-    if args.episodes < 1:
-        raise UsageError(f"--episodes must be >= 1, got {args.episodes}.")
-    per_task = f" per task ({len(makers)} tasks)" if len(makers) > 1 else ""
-    print(
-        f"Evaluating {args.checkpoint} on {config['env']} ({'stochastic' if args.explore else 'deterministic'} "
-        f"policy, {'initial states' if env_name == 'LIBERO' else 'seeds'} {args.seed}..{args.seed + args.episodes - 1}"
-        f"{per_task})",
-        flush=True,
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        env=args.env,
+        env_config=env_config,
+        episodes=args.episodes,
+        seed=args.seed,
+        explore=args.explore,
+        num_denoise_steps=args.num_denoise_steps,
+        video_dir=args.video_dir,
+        workers=args.workers,
     )
-    jobs = [
-        {
-            "checkpoint": args.checkpoint,
-            "model_checkpoint": model_checkpoint,
-            "instructions": instructions,
-            "env": env_name,
-            "make": make,
-            "episodes": args.episodes,
-            "seed": args.seed,
-            "explore": args.explore,
-            "num_denoise_steps": args.num_denoise_steps,
-            "normalize_actions": config.get("normalize_actions", True),
-            "clip_actions": config.get("clip_actions", False),
-            "video_dir": args.video_dir,
-            "prefix": f"  task {index + 1}/{len(makers)}:" if len(makers) > 1 else " ",
-            "every": max(1, args.episodes // 10),
-        }
-        for index, make in enumerate(makers)
-    ]
-    result = EvalResult()
-    if args.workers > 1 and len(jobs) > 1:
-        import concurrent.futures
-        import multiprocessing
-
-        print(f"  {len(jobs)} tasks over {min(args.workers, len(jobs))} worker processes", flush=True)
-        context = multiprocessing.get_context("forkserver")
-        with concurrent.futures.ProcessPoolExecutor(min(args.workers, len(jobs)), mp_context=context) as pool:
-            for task_result in pool.map(_evaluate_task_in_worker, jobs):  # in task order
-                result.extend(task_result)
-    else:
-        for job in jobs:
-            task_result, module = _evaluate_task(job, module)
-            result.extend(task_result)
     print(result.summary())
     if args.video_dir:
         print(f"videos (first 3 episodes of each task, camera observations only): {args.video_dir}")
@@ -499,108 +85,65 @@ def cmd_demos(args) -> int:
     return 0
 
 
-def _is_libero(paths) -> bool:
-    from rllib_pirl.libero_demos import is_libero_file, libero_files
-
-    try:
-        return any(is_libero_file(f) for f in libero_files(paths))
-    except FileNotFoundError:
-        return False
-
-
 def cmd_sft(args) -> int:
     import torch
 
-    from rllib_pirl.demos import load_demos
-    from rllib_pirl.sft import demo_counts, tasks_of, train_sft
+    from rllib_pirl.models.pi0 import PiConfig
+    from rllib_pirl.sft import demo_counts, load_sft_demos, train_pi_sft, train_sft
 
     torch.set_num_threads(max(1, args.threads))
-    if args.camera_size is not None and args.camera_size < 1:
-        raise UsageError(f"--camera-size must be >= 1, got {args.camera_size}")
-    libero = _is_libero(args.demos)
-    if libero and args.model == "state":
-        raise UsageError("LIBERO demos train π0 / π0.5 (cameras + 8-D robot state): add --model pi0 or --model pi05.")
-    try:
-        if libero:
-            from rllib_pirl.libero_demos import load_libero_demos
-
-            demos = load_libero_demos(args.demos, camera_size=args.camera_size, limit_per_task=args.num_demos)
-        else:
-            demos = load_demos(args.demos, limit_per_task=args.num_demos)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        raise UsageError(str(e)) from None
-    tasks = args.tasks.split(",") if args.tasks else tasks_of(demos)
-    missing = [t for t in tasks if t not in demo_counts(demos)]
-    if missing:
-        raise UsageError(f"No demos of {missing} under {args.demos}; found {demo_counts(demos)}.")
-    demos = [d for d in demos if d.task in tasks]
-    command = "rllib " + " ".join(args.argv)
-    if args.model in ("pi0", "pi05"):
-        return _sft_pi(args, tasks, command, demos if libero else None)
-    hidden = [int(h) for h in args.hidden.split(",")]
-    train_sft(
-        demos,
-        tasks,
-        args.out,
-        chunk=args.chunk,
-        state_dim=args.state_dim,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        hidden_sizes=hidden,
-        seed=args.seed,
-        metadata={"command": command, "demo_counts": demo_counts(demos)},
-    )
-    return 0
-
-
-def _sft_pi(args, tasks, command, demos=None) -> int:
-    """π0 / π0.5 SFT: re-render ManiSkill demos with cameras (or take ``demos`` that have
-    them: LIBERO's), then flow matching."""
-    from rllib_pirl.demos import render_demos
-    from rllib_pirl.models.pi0 import PiConfig
-    from rllib_pirl.sft import demo_counts, train_pi_sft
-
-    if not args.tokenizer and not args.pretrained:
+    pi = args.model in ("pi0", "pi05")
+    if pi and not args.tokenizer and not args.pretrained:
         raise UsageError(
             f"--model {args.model} needs --tokenizer PATH (PaliGemma's SentencePiece model, or a small one for "
             "tiny models: `rllib tokenizer --out OUT.model`) or --pretrained CHECKPOINT with a tokenizer in it."
         )
-    if args.tokenizer and not os.path.isfile(args.tokenizer):
+    if pi and args.tokenizer and not os.path.isfile(args.tokenizer):
         raise UsageError(f"--tokenizer {args.tokenizer}: no such file.")
-    camera_size = args.camera_size
-    if demos is None:
-        camera_size = camera_size or 32
-        demos = render_demos(args.demos, camera_size, limit_per_task=args.num_demos)
-        demos = [d for d in demos if d.task in tasks]
-    else:
-        camera_size = camera_size or int(demos[0].images["image"].shape[1])
-    if not demos:
-        raise UsageError("No demo replayed successfully with cameras; nothing to train on.")
-    train_pi_sft(
-        demos,
-        tasks,
-        args.out,
-        tokenizer=args.tokenizer,
-        variant=args.model,
-        pi_config=None if args.pretrained else PiConfig.tiny(args.model, chunk_size=args.chunk).to_dict(),
-        pretrained=args.pretrained,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        log_every=max(1, min(1000, args.steps // 20)),
-        metadata={"command": command, "demo_counts": demo_counts(demos), "camera_size": camera_size},
+    demos, tasks, camera_size = load_sft_demos(
+        args.demos,
+        with_cameras=pi,
+        tasks=args.tasks.split(",") if args.tasks else None,
+        limit_per_task=args.num_demos,
+        camera_size=args.camera_size,
     )
+    metadata = {"command": "rllib " + " ".join(args.argv), "demo_counts": demo_counts(demos)}
+    common = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    if pi:
+        train_pi_sft(
+            demos,
+            tasks,
+            args.out,
+            tokenizer=args.tokenizer,
+            variant=args.model,
+            pi_config=None if args.pretrained else PiConfig.tiny(args.model, chunk_size=args.chunk).to_dict(),
+            pretrained=args.pretrained,
+            log_every=max(1, min(1000, args.steps // 20)),
+            metadata=metadata | {"camera_size": camera_size},
+            **common,
+        )
+    else:
+        hidden = [int(h) for h in args.hidden.split(",")]
+        train_sft(
+            demos,
+            tasks,
+            args.out,
+            chunk=args.chunk,
+            state_dim=args.state_dim,
+            hidden_sizes=hidden,
+            metadata=metadata,
+            **common,
+        )
     return 0
 
 
 def cmd_export(args) -> int:
     """Write the model of an algorithm checkpoint as a model checkpoint (to continue from it
     with ``init_checkpoint``, evaluate it, or load it elsewhere; π0 / π0.5 in the lerobot layout)."""
+    from rllib_pirl.evaluation import load_algorithm_checkpoint
     from rllib_pirl.models.checkpoint import save_model
 
-    module, _ = load_checkpoint(args.checkpoint)
+    module, _ = load_algorithm_checkpoint(args.checkpoint)
     save_model(module.model, args.out, metadata={"from": os.path.abspath(args.checkpoint)})
     print(f"[export] wrote {args.out}")
     return 0

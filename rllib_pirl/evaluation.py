@@ -1,8 +1,19 @@
-"""Evaluation protocol: the deterministic (ODE) policy on a fixed list of seeds."""
+"""Evaluation: the deterministic (ODE) policy of a checkpoint on fixed seeds.
+
+- :func:`evaluate_checkpoint` — the whole job behind ``rllib evaluate``: an algorithm or a
+  model checkpoint, on its env (or another), every task of a suite one env at a time
+  (optionally in worker processes), with 95% intervals;
+- :func:`evaluate` — the protocol for a module and an env: episode i resets with seed
+  ``seed + i`` (or initial state ``seed + i`` for envs with fixed initial states);
+- :func:`load_algorithm_checkpoint`, :func:`module_for_model` — a policy from either kind
+  of checkpoint.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,12 +40,11 @@ def env_creator_for(env) -> Callable[[dict], gym.Env]:
 def evaluation_env_makers(env, env_config: dict) -> list[Callable[[], gym.Env]]:
     """Makers of the envs an evaluation runs on, one at a time: one per task for envs
     evaluated task by task (a ManiSkill suite, LIBERO), else the one env of ``env_config``."""
-    import functools
+    from rllib_pirl.envs import ENVS
 
-    from rllib_pirl.envs import PER_TASK_ENV_MAKERS
-
-    if isinstance(env, str) and env in PER_TASK_ENV_MAKERS:
-        return PER_TASK_ENV_MAKERS[env](env_config)
+    entry = ENVS.get(env) if isinstance(env, str) else None
+    if entry is not None and entry.task_makers is not None:
+        return entry.task_makers(env_config)
     return [functools.partial(env_creator_for(env), env_config)]
 
 
@@ -115,8 +125,6 @@ def _camera_frame(obs):
 
 
 def _write_video(frames, folder: str, name: str, fps: int = 5) -> None:
-    import os
-
     import imageio
 
     os.makedirs(folder, exist_ok=True)
@@ -182,4 +190,230 @@ def evaluate(
             _write_video(frames, video_dir, f"{task}episode_{seed + i}_{'success' if success else 'failure'}.mp4")
         if progress is not None:
             progress(i + 1, result)
+    return result
+
+
+# -- policies from checkpoints ------------------------------------------------------------
+def load_algorithm_checkpoint(path: str):
+    """``(module, algorithm config dict)`` from an RLlib algorithm checkpoint folder (a
+    trial's ``checkpoint_00000N``), without building the algorithm's env runners."""
+    import pickle
+
+    from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_LEARNER_GROUP, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID
+    from ray.rllib.core.rl_module.rl_module import RLModule
+    from ray.rllib.utils.checkpoints import Checkpointable
+
+    from rllib_pirl.algorithms import register
+    from rllib_pirl.errors import UsageError
+
+    register()
+    path = os.path.abspath(os.path.expanduser(path))
+    module_dir = os.path.join(path, COMPONENT_LEARNER_GROUP, COMPONENT_LEARNER, COMPONENT_RL_MODULE, DEFAULT_MODULE_ID)
+    ctor = os.path.join(path, Checkpointable.CLASS_AND_CTOR_ARGS_FILE_NAME)
+    if not (os.path.isdir(module_dir) and os.path.isfile(ctor)):
+        raise UsageError(
+            f"{path} is neither an RLlib algorithm checkpoint (expected {os.path.relpath(module_dir, path)}/ and "
+            f"{Checkpointable.CLASS_AND_CTOR_ARGS_FILE_NAME}; pass a trial's checkpoint_00000N folder) nor a model "
+            "checkpoint (config.json and model.safetensors, from `rllib sft` or `rllib export`)."
+        )
+    with open(ctor, "rb") as f:  # what Algorithm.from_checkpoint reads: the algorithm's config
+        config = pickle.load(f)["ctor_args_and_kwargs"][0][0]
+    module = RLModule.from_checkpoint(module_dir)
+    module.eval()
+    return module, config
+
+
+def module_for_model(path: str, env: gym.Env, num_denoise_steps: int, instructions=None):
+    """A FlowRLModule around a model checkpoint (from ``rllib sft`` / ``rllib export``) for
+    ``env``'s spaces, with the table's defaults for every setting but K;
+    ``instructions``: the env's, one per ``task_id`` (they replace the checkpoint's prompts,
+    whose task order is the SFT's)."""
+    from rllib_pirl.rl_module import FlowRLModule
+
+    model_config = {"init_checkpoint": path, "num_denoise_steps": num_denoise_steps}
+    if instructions is not None:
+        model_config["instructions"] = list(instructions)
+    module = FlowRLModule(
+        observation_space=env.observation_space, action_space=env.action_space, model_config=model_config
+    )
+    module.eval()
+    return module
+
+
+# -- the evaluation job -------------------------------------------------------------------
+@dataclass
+class TaskEvaluation:
+    """One task's share of :func:`evaluate_checkpoint`: picklable, so that a worker process
+    can run it (it then loads the policy itself)."""
+
+    checkpoint: str
+    is_model_checkpoint: bool
+    env_name: str
+    make_env: Callable[[], gym.Env]
+    episodes: int
+    seed: int = 0
+    explore: bool = False
+    num_denoise_steps: int = 4  # model checkpoints only
+    instructions: list[str] | None = None  # model checkpoints on envs with task ids
+    normalize_actions: bool = True
+    clip_actions: bool = False
+    video_dir: str | None = None
+    label: str = " "  # prefix of the progress lines
+    verbose: bool = True
+
+    def run(self, module=None):
+        """``(EvalResult, module)``: the task's env made here and closed; ``module`` loaded
+        from the checkpoint when not given."""
+        from rllib_pirl.errors import UsageError
+
+        every = max(1, self.episodes // 10)
+
+        def progress(i, partial):
+            if self.verbose and (i % every == 0 or i == self.episodes):
+                print(
+                    f"{self.label} {i}/{self.episodes} episodes, mean return {partial.mean_return:.3f}, "
+                    f"success {partial.success_rate:.3f}",
+                    flush=True,
+                )
+
+        env = self.make_env()
+        try:
+            if module is None and self.is_model_checkpoint:
+                try:
+                    module = module_for_model(self.checkpoint, env, self.num_denoise_steps, self.instructions)
+                except ValueError as e:  # the checkpoint does not fit the env
+                    raise UsageError(f"{self.checkpoint} does not fit env {self.env_name}: {e}") from None
+            elif module is None:
+                module = load_algorithm_checkpoint(self.checkpoint)[0]
+            result = evaluate(
+                module,
+                env,
+                self.episodes,
+                seed=self.seed,
+                explore=self.explore,
+                normalize_actions=self.normalize_actions,
+                clip_actions=self.clip_actions,
+                progress=progress,
+                video_dir=self.video_dir,
+            )
+            return result, module
+        finally:
+            env.close()
+
+
+def _run_in_worker(task: TaskEvaluation) -> EvalResult:
+    """:meth:`TaskEvaluation.run` in a worker process of ``evaluate_checkpoint(workers=N)``."""
+    torch.set_num_threads(1)
+    from rllib_pirl.algorithms import register
+
+    register()
+    return task.run()[0]
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    *,
+    env: str | None = None,
+    env_config: dict | None = None,
+    episodes: int | None = None,
+    seed: int = 0,
+    explore: bool = False,
+    num_denoise_steps: int = 4,
+    video_dir: str | None = None,
+    workers: int = 1,
+    verbose: bool = True,
+) -> EvalResult:
+    """Evaluate a checkpoint's deterministic (ODE) policy, or with ``explore`` its
+    stochastic exploration policy, on fixed seeds; every task of a suite, one env at a time.
+
+    ``checkpoint``: an algorithm checkpoint (a trial's ``checkpoint_00000N``; its env and
+    env_config are the defaults) or a model checkpoint (``rllib sft`` / ``rllib export``; needs
+    ``env``, with its own instructions by task id, and uses ``num_denoise_steps``).
+    ``env_config`` overrides the checkpoint's keys. ``episodes`` per task, episode i reset with
+    seed ``seed + i``: default 100; on envs with fixed initial states (LIBERO's 50 per task)
+    episode i starts from initial state ``seed + i``, and the default is all of them.
+    ``workers``: tasks evaluated at once in worker processes (each loads the policy).
+    ``video_dir``: mp4s of the first 3 episodes of each task (camera observations).
+    Bad input raises :class:`~rllib_pirl.errors.UsageError` before any episode runs.
+    """
+    from rllib_pirl.algorithms import register
+    from rllib_pirl.envs import ENVS
+    from rllib_pirl.errors import UsageError
+    from rllib_pirl.models.checkpoint import is_model_checkpoint
+
+    register()
+    if workers < 1:
+        raise UsageError(f"workers must be >= 1, got {workers}.")
+    overrides = dict(env_config or {})
+    model_checkpoint = is_model_checkpoint(checkpoint)
+    module = None  # a model checkpoint's is built from the first env's spaces
+    if model_checkpoint:
+        if not env:
+            raise UsageError("A model checkpoint needs an env (and usually an env_config) to evaluate on.")
+        from rllib_pirl.experiments import check_env
+
+        check_env(env)
+        config = {"env": env, "env_config": overrides}
+    else:
+        module, config = load_algorithm_checkpoint(checkpoint)
+    env_name = env or config["env"]
+    env_config = dict(config.get("env_config") or {}, **overrides)
+    entry = ENVS.get(env_name) if isinstance(env_name, str) else None
+    # A model checkpoint gets the env's instructions by task_id (its own follow the SFT's task
+    # order); an algorithm checkpoint's module already has its env's.
+    instructions = entry.instructions(dict(env_config)) if model_checkpoint and entry and entry.instructions else None
+    limit = entry.initial_states(dict(env_config)) if entry and entry.initial_states else None
+    if limit is not None:  # each task's fixed initial states, in order (LIBERO's protocol)
+        episodes = limit - seed if episodes is None else episodes
+        if seed < 0 or seed + episodes > limit:
+            raise UsageError(
+                f"{env_name} episodes are the tasks' {limit} fixed initial states (episode i = initial state "
+                f"seed + i): seed {seed} and {episodes} episodes asks for states {seed}..{seed + episodes - 1}, "
+                f"outside 0..{limit - 1}. The standard protocol is {limit} episodes from seed 0 (the default)."
+            )
+    episodes = 100 if episodes is None else episodes
+    if episodes < 1:
+        raise UsageError(f"episodes must be >= 1, got {episodes}.")
+    makers = evaluation_env_makers(env_name, env_config)
+    if verbose:
+        per_task = f" per task ({len(makers)} tasks)" if len(makers) > 1 else ""
+        print(
+            f"Evaluating {checkpoint} on {env_name} ({'stochastic' if explore else 'deterministic'} policy, "
+            f"{'initial states' if limit is not None else 'seeds'} {seed}..{seed + episodes - 1}{per_task})",
+            flush=True,
+        )
+    tasks = [
+        TaskEvaluation(
+            checkpoint=checkpoint,
+            is_model_checkpoint=model_checkpoint,
+            env_name=env_name,
+            make_env=make,
+            episodes=episodes,
+            seed=seed,
+            explore=explore,
+            num_denoise_steps=num_denoise_steps,
+            instructions=instructions,
+            normalize_actions=config.get("normalize_actions", True),
+            clip_actions=config.get("clip_actions", False),
+            video_dir=video_dir,
+            label=f"  task {index + 1}/{len(makers)}:" if len(makers) > 1 else " ",
+            verbose=verbose,
+        )
+        for index, make in enumerate(makers)
+    ]
+    result = EvalResult()
+    if workers > 1 and len(tasks) > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        if verbose:
+            print(f"  {len(tasks)} tasks over {min(workers, len(tasks))} worker processes", flush=True)
+        context = multiprocessing.get_context("forkserver")
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+            for task_result in pool.map(_run_in_worker, tasks):  # in task order
+                result.extend(task_result)
+    else:
+        for task in tasks:
+            task_result, module = task.run(module)
+            result.extend(task_result)
     return result

@@ -72,11 +72,8 @@ def fit(model, data: dict[str, torch.Tensor], steps: int, batch_size: int, lr: f
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
     rng = np.random.default_rng(seed)
     n = data["actions"].shape[0]
-    params = [
-        p
-        for name, p in model.named_parameters()
-        if p.requires_grad and not name.startswith(("value_head", "noise_head"))
-    ]
+    heads = {id(p) for p in model.rl_head_parameters()}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
     model.train()
@@ -171,7 +168,7 @@ def train_pi_sft(
     ``chunk_size``; statistics (mean/std, q01/q99) come from the demos. ``train_vlm``:
     train the VLM too (needed from random weights); the checkpoint is written with
     ``train_expert_only`` on, the RL default."""
-    from rllib_pirl.envs import maniskill_instructions
+    from rllib_pirl.envs import ENVS
     from rllib_pirl.models.pi0 import PiConfig, PiPolicy
 
     if not demos or demos[0].images is None:
@@ -182,7 +179,9 @@ def train_pi_sft(
     if instructions is None:
         own = {d.task: d.instruction for d in demos if d.instruction}
         instructions = (
-            [own[t] for t in tasks] if all(t in own for t in tasks) else maniskill_instructions({"tasks": list(tasks)})
+            [own[t] for t in tasks]
+            if all(t in own for t in tasks)
+            else ENVS["ManiSkill"].instructions({"tasks": list(tasks)})
         )
     instructions = list(instructions)
     kwargs = {
@@ -222,3 +221,49 @@ def demo_counts(demos: Sequence[Demo]) -> dict[str, int]:
 
 def tasks_of(demos: Sequence[Demo]) -> list[str]:
     return sorted(demo_counts(demos))
+
+
+def load_sft_demos(
+    paths: Sequence[str],
+    *,
+    with_cameras: bool,
+    tasks: Sequence[str] | None = None,
+    limit_per_task: int | None = None,
+    camera_size: int | None = None,
+) -> tuple[list[Demo], list[str], int | None]:
+    """``(demos, task order, camera size)`` for SFT from demo files or folders: ManiSkill's
+    (from ``rllib demos``; re-rendered with the env's cameras at ``camera_size`` px, default
+    32, when ``with_cameras``) or LIBERO's (``*_demo.hdf5``, with their own cameras; π0 / π0.5
+    only). ``tasks`` (default: the demos' tasks, sorted) must all have demos; bad input raises
+    :class:`~rllib_pirl.errors.UsageError`."""
+    from rllib_pirl.demos import load_demos, render_demos
+    from rllib_pirl.errors import UsageError
+    from rllib_pirl.libero_demos import is_libero_file, libero_files, load_libero_demos
+
+    if camera_size is not None and camera_size < 1:
+        raise UsageError(f"camera size must be >= 1, got {camera_size}")
+    try:
+        libero = any(is_libero_file(f) for f in libero_files(paths))
+    except FileNotFoundError:
+        libero = False
+    if libero and not with_cameras:
+        raise UsageError("LIBERO demos train π0 / π0.5 (cameras + 8-D robot state): add --model pi0 or --model pi05.")
+    try:
+        if libero:
+            demos = load_libero_demos(paths, camera_size=camera_size, limit_per_task=limit_per_task)
+        else:
+            demos = load_demos(paths, limit_per_task=limit_per_task)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise UsageError(str(e)) from None
+    tasks = list(tasks) if tasks else tasks_of(demos)
+    missing = [t for t in tasks if t not in demo_counts(demos)]
+    if missing:
+        raise UsageError(f"No demos of {missing} under {list(paths)}; found {demo_counts(demos)}.")
+    if with_cameras and not libero:
+        camera_size = camera_size or 32
+        demos = [d for d in render_demos(paths, camera_size, limit_per_task=limit_per_task) if d.task in tasks]
+        if not demos:
+            raise UsageError("No demo replayed successfully with cameras; nothing to train on.")
+    elif libero:
+        camera_size = camera_size or int(demos[0].images["image"].shape[1])
+    return [d for d in demos if d.task in tasks], tasks, camera_size

@@ -27,7 +27,8 @@ def test_help_explains_both_commands():
 
 @pytest.mark.parametrize("example", sorted(os.listdir(os.path.join(REPO, "tuned_examples"))))
 def test_tuned_examples_are_valid(example, tmp_path, monkeypatch):
-    from rllib_pirl.cli import UsageError, build_config, load_experiments, resolve_algorithm
+    from rllib_pirl.errors import UsageError
+    from rllib_pirl.experiments import build_config, load_experiments, resolve_algorithm
 
     path = os.path.join(REPO, "tuned_examples", example)
     with open(path) as f:

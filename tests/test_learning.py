@@ -6,9 +6,9 @@ import os
 import pytest
 from conftest import REPO
 
-from rllib_pirl.cli import build_config, load_experiments, resolve_algorithm
 from rllib_pirl.envs import make_point_reach
 from rllib_pirl.evaluation import evaluate
+from rllib_pirl.experiments import build_config, load_experiments, resolve_algorithm
 
 ITERATIONS = 40  # 40 × 512 chunk steps ≈ 82k env steps
 EPISODES = 100  # fixed evaluation seeds 1000..1099, deterministic policy

@@ -322,8 +322,8 @@ def test_sft_command_on_libero_files_then_the_env_runs_the_checkpoint(demo_file,
         f"{GOAL_DRAWER}_episode_1_failure.mp4",
     ]
     # a model checkpoint on a multi-task env takes the env's instructions by task_id
-    from rllib_pirl.cli import module_for_model
     from rllib_pirl.envs.libero import make_task_env
+    from rllib_pirl.evaluation import module_for_model
 
     two_config = LiberoConfig.from_env_config(dict(json.loads(env_config), tasks=[1, GOAL_DRAWER]))
     env = make_task_env(two_config, 0)

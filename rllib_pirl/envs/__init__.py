@@ -1,11 +1,16 @@
-"""Environments: action chunking, the small PointReach task, RLlib registration."""
+"""Environments: action chunking, the small PointReach task, and the table of the envs
+that ``rllib_pirl`` registers with Ray Tune (:data:`ENVS`, one record per env)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import gymnasium as gym
 
 from rllib_pirl.envs.chunking import ActionChunkWrapper
 from rllib_pirl.envs.point_reach import PointReachEnv
+from rllib_pirl.imports import deferred
 
 
 def make_chunked_gym_env(env_config) -> gym.Env:
@@ -28,65 +33,44 @@ def make_point_reach(env_config) -> gym.Env:
     return make_chunked_gym_env({"id": "rllib_pirl/PointReach-v0", "action_chunk": chunk, "kwargs": config})
 
 
-def make_maniskill(env_config) -> gym.Env:
-    """Env creator of the registered ``ManiSkill`` env (see :mod:`rllib_pirl.envs.maniskill`;
-    imported only when used)."""
-    from rllib_pirl.envs.maniskill import make_maniskill_env
+@dataclass(frozen=True)
+class EnvEntry:
+    """What rllib_pirl knows about one registered env. Every callable takes the env's
+    ``env_config``; the simulators' modules are imported only when one is called."""
 
-    return make_maniskill_env(env_config)
-
-
-def make_maniskill_task_makers(env_config) -> list:
-    """A maker of one single env per task of a ManiSkill suite (imported only when used)."""
-    from rllib_pirl.envs.maniskill import make_maniskill_task_makers as makers
-
-    return makers(env_config)
-
-
-def make_libero(env_config) -> gym.Env:
-    """Env creator of the registered ``LIBERO`` env (see :mod:`rllib_pirl.envs.libero`;
-    imported only when used)."""
-    from rllib_pirl.envs.libero import make_libero_env
-
-    return make_libero_env(env_config)
+    #: env_config → the env (RLlib adds ``num_envs`` for envs that build their own vector env)
+    creator: Callable
+    #: whether the env builds its own vector env from ``num_envs`` (one simulator per worker
+    #: process): the algorithm config sets ``gym_env_vectorize_mode`` for it
+    vector: bool = False
+    #: env_config → makers of one single env per task, for evaluation task by task (called
+    #: one at a time: a LIBERO env with cameras holds ~1 GB); None: the creator's one env
+    task_makers: Callable | None = None
+    #: env_config → the instruction of each ``task_id`` of its observations (the algorithm
+    #: config hands them to models with prompts, π0 / π0.5); None: no instructions
+    instructions: Callable | None = None
+    #: env_config → how many fixed initial states each task has (evaluation episode i starts
+    #: from initial state seed + i, and asks for no more); None: any reset seed is an episode
+    initial_states: Callable | None = None
 
 
-def make_libero_task_makers(env_config) -> list:
-    """A maker of one single env per task of a LIBERO env_config (imported only when used)."""
-    from rllib_pirl.envs.libero import make_libero_task_makers as makers
-
-    return makers(env_config)
-
-
-def libero_instructions(env_config) -> list[str]:
-    """The instruction of each task of a LIBERO env_config (index = ``task_id``)."""
-    from rllib_pirl.envs.libero import LiberoConfig
-
-    return LiberoConfig.from_env_config(env_config).instruction_list()
-
-
-def maniskill_instructions(env_config) -> list[str]:
-    """The instruction of each task of a ManiSkill env_config (index = ``task_id``)."""
-    from rllib_pirl.envs.maniskill import ManiSkillConfig
-
-    return ManiSkillConfig.from_env_config(env_config).instruction_list()
-
-
-#: The env names that importing rllib_pirl registers with Ray Tune / RLlib.
-ENV_CREATORS = {
-    "ChunkedGym": make_chunked_gym_env,
-    "PointReach": make_point_reach,
-    "ManiSkill": make_maniskill,
-    "LIBERO": make_libero,
+#: The envs that importing ``rllib_pirl.algorithms`` registers with Ray Tune, by name.
+ENVS: dict[str, EnvEntry] = {
+    "ChunkedGym": EnvEntry(make_chunked_gym_env),
+    "PointReach": EnvEntry(make_point_reach),
+    "ManiSkill": EnvEntry(
+        deferred("rllib_pirl.envs.maniskill:make_maniskill_env"),
+        vector=True,
+        task_makers=deferred("rllib_pirl.envs.maniskill:make_maniskill_task_makers"),
+        instructions=deferred("rllib_pirl.envs.maniskill:instructions"),
+    ),
+    "LIBERO": EnvEntry(
+        deferred("rllib_pirl.envs.libero:make_libero_env"),
+        vector=True,
+        task_makers=deferred("rllib_pirl.envs.libero:make_libero_task_makers"),
+        instructions=deferred("rllib_pirl.envs.libero:instructions"),
+        initial_states=deferred("rllib_pirl.envs.libero:num_initial_states"),
+    ),
 }
-#: Envs that build their own vector env from ``env_config["num_envs"]`` (one simulator
-#: per worker process): the algorithm config sets ``gym_env_vectorize_mode`` for them.
-VECTOR_ENVS = ("ManiSkill", "LIBERO")
-#: Envs evaluated task by task: name -> the makers of one single env per task (called one
-#: at a time: a LIBERO env with cameras holds ~1 GB).
-PER_TASK_ENV_MAKERS = {"ManiSkill": make_maniskill_task_makers, "LIBERO": make_libero_task_makers}
-#: Envs whose observations carry a ``task_id``: name -> its instructions from env_config
-#: (the algorithm config hands them to models with prompts, π0 / π0.5).
-ENV_INSTRUCTIONS = {"ManiSkill": maniskill_instructions, "LIBERO": libero_instructions}
 
-__all__ = ["ENV_CREATORS", "ActionChunkWrapper", "PointReachEnv", "make_chunked_gym_env", "make_point_reach"]
+__all__ = ["ENVS", "ActionChunkWrapper", "EnvEntry", "PointReachEnv", "make_chunked_gym_env", "make_point_reach"]

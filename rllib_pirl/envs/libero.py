@@ -153,6 +153,31 @@ class LiberoConfig:
         tasks = suite_tasks(self.suite)
         return [tasks[i].language for i in self.tasks]
 
+    def task_files(self, suite_task_id: int) -> tuple[str, str]:
+        """``(bddl file, initial-states file)`` of a task of the suite."""
+        libero = import_libero()
+        task = suite_tasks(self.suite)[suite_task_id]
+        return (
+            os.path.join(libero.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file),
+            os.path.join(libero.get_libero_path("init_states"), task.problem_folder, task.init_states_file),
+        )
+
+    def init_state_table(self, suite_task_id: int) -> np.ndarray:
+        """The task's fixed initial states (LIBERO ships 50 per task)."""
+        import torch
+
+        path = self.task_files(suite_task_id)[1]
+        if not os.path.isfile(path):
+            raise LiberoSetupError(f"LIBERO file missing: {path} (the hf-libero install is incomplete).")
+        return np.asarray(torch.load(path, weights_only=False))
+
+
+def num_initial_states(env_config) -> int:
+    """How many fixed initial states every task of ``env_config`` has (the evaluation
+    protocol runs each once: episode i = initial state i)."""
+    config = LiberoConfig.from_env_config(env_config)
+    return min(len(config.init_state_table(i)) for i in config.tasks)
+
 
 def observation_space(camera_size: int, num_tasks: int) -> gym.spaces.Dict:
     image = gym.spaces.Box(0, 255, (camera_size, camera_size, 3), np.uint8)
@@ -194,21 +219,16 @@ class LiberoTaskEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
 
     def __init__(self, config: LiberoConfig, task_index: int = 0, render_mode: str | None = None):
-        libero = import_libero()
+        import_libero()
         from libero.libero.envs import OffScreenRenderEnv
 
         self.config, self.task_index = config, task_index
         self.suite_task_id = config.tasks[task_index]
-        task = suite_tasks(config.suite)[self.suite_task_id]
-        self.task, self.instructions = task.name, config.instruction_list()
-        bddl = os.path.join(libero.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
-        init_path = os.path.join(libero.get_libero_path("init_states"), task.problem_folder, task.init_states_file)
-        for path in (bddl, init_path):
-            if not os.path.isfile(path):
-                raise LiberoSetupError(f"LIBERO file missing: {path} (the hf-libero install is incomplete).")
-        import torch
-
-        self.init_state_table = np.asarray(torch.load(init_path, weights_only=False))
+        self.task, self.instructions = suite_tasks(config.suite)[self.suite_task_id].name, config.instruction_list()
+        bddl = config.task_files(self.suite_task_id)[0]
+        if not os.path.isfile(bddl):
+            raise LiberoSetupError(f"LIBERO file missing: {bddl} (the hf-libero install is incomplete).")
+        self.init_state_table = config.init_state_table(self.suite_task_id)
         self.render_mode = render_mode
         try:
             self.env = OffScreenRenderEnv(
@@ -316,3 +336,8 @@ def make_libero_env(env_config) -> gym.Env:
     if num_envs is None:
         return make_task_env(config, 0)
     return worker_vector_env(make_task_env, config, env_config, num_envs)
+
+
+def instructions(env_config) -> list[str]:
+    """The instruction of each task of ``env_config`` (index = ``task_id``)."""
+    return LiberoConfig.from_env_config(env_config).instruction_list()

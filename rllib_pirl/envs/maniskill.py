@@ -378,3 +378,8 @@ def make_maniskill_env(env_config) -> gym.Env:
 
         return ManiSkillBatchedVectorEnv(config, num_envs)
     return worker_vector_env(make_task_env, config, env_config, num_envs)
+
+
+def instructions(env_config) -> list[str]:
+    """The instruction of each task of ``env_config`` (index = ``task_id``)."""
+    return ManiSkillConfig.from_env_config(env_config).instruction_list()

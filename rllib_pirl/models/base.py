@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,10 +17,39 @@ class FlowActionModel(nn.Module, abc.ABC):
     Shapes: actions and latents are (B, horizon, action_dim); t is (B,).
     ``horizon`` and ``action_dim`` may exceed what the env uses (π0 pads to 32 dims
     and predicts 50 steps): the RLModule crops to the env's chunk and dims.
+
+    ``init_kwargs`` (recorded at construction, defaults included) are the constructor's
+    arguments: a model checkpoint rebuilds the model from them. The RL heads are the
+    parameters of :meth:`value_parameters` and :meth:`noise_parameters`: RL trains them,
+    SFT never does.
     """
 
     horizon: int
     action_dim: int
+
+    def __new__(cls, *args, **kwargs):
+        # Record the constructor's arguments (defaults included) as ``init_kwargs``: what a
+        # checkpoint needs to rebuild the model, so that no argument can drop out of it.
+        # Positional arguments are recorded by name, ``**kwargs`` flattened.
+        self = super().__new__(cls)
+        signature = inspect.signature(cls.__init__)
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:  # copy / unpickling: the instance's own init_kwargs come back with its state
+            return self
+        bound.apply_defaults()
+        recorded = {}
+        for name, value in list(bound.arguments.items())[1:]:  # without self
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                recorded.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    raise TypeError(f"{cls.__name__}: pass *{name} arguments by keyword (checkpoints store keywords).")
+            else:
+                recorded[name] = value
+        object.__setattr__(self, "init_kwargs", {k: _plain(v) for k, v in recorded.items()})
+        return self
 
     @abc.abstractmethod
     def encode(self, obs: Any) -> Any:
@@ -43,6 +73,20 @@ class FlowActionModel(nn.Module, abc.ABC):
     def value_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters of the value head (trained with their own learning rate)."""
 
+    @abc.abstractmethod
+    def noise_parameters(self) -> Iterable[nn.Parameter]:
+        """Parameters of Flow-Noise's noise head (used by :meth:`noise_std` only)."""
+
+    def rl_head_parameters(self) -> list[nn.Parameter]:
+        """The RL heads' parameters (value and noise heads): trained by RL only, never by
+        behaviour cloning (SFT leaves them alone)."""
+        return [*self.value_parameters(), *self.noise_parameters()]
+
+    def rl_head_state_keys(self) -> set[str]:
+        """The ``state_dict`` keys of :meth:`rl_head_parameters`."""
+        ids = {id(p) for p in self.rl_head_parameters()}
+        return {name for name, p in self.named_parameters() if id(p) in ids}
+
     def unnormalize_actions(self, x: torch.Tensor) -> torch.Tensor:
         """Denoised latents (the normalised action space the flow lives in) → env actions.
         Identity unless the model carries action statistics."""
@@ -63,3 +107,15 @@ class FlowActionModel(nn.Module, abc.ABC):
         x_t = tb * noise + (1.0 - tb) * actions
         v, _ = self.velocity(context, x_t, t)
         return ((v - (noise - actions)) ** 2).mean()
+
+
+def _plain(value):
+    """A constructor argument as a checkpoint's ``config.json`` stores it (tuples as lists,
+    config objects as their ``to_dict()``)."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from rllib_pirl.rl_module import import_object
+from rllib_pirl.imports import import_object
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 

@@ -59,17 +59,6 @@ class StateFlowPolicy(FlowActionModel):
         task_embed_dim: int = 16,
     ):
         super().__init__()
-        self.init_kwargs = {  # what a checkpoint needs to rebuild the model
-            "obs_dim": obs_dim,
-            "horizon": horizon,
-            "action_dim": action_dim,
-            "hidden_sizes": list(hidden_sizes),
-            "time_embed_dim": time_embed_dim,
-            "value_hidden_sizes": list(value_hidden_sizes),
-            "noise_std_range": list(noise_std_range),
-            "num_tasks": num_tasks,
-            "task_embed_dim": task_embed_dim,
-        }
         self.obs_dim, self.horizon, self.action_dim = obs_dim, horizon, action_dim
         self.time_embed_dim, self.num_tasks = time_embed_dim, num_tasks
         self.std_min, self.std_max = float(noise_std_range[0]), float(noise_std_range[1])
@@ -139,3 +128,6 @@ class StateFlowPolicy(FlowActionModel):
 
     def value_parameters(self):
         return self.value_head.parameters()
+
+    def noise_parameters(self):
+        return self.noise_head.parameters()

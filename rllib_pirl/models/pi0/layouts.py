@@ -37,7 +37,6 @@ from rllib_pirl.models.pi0.config import GEMMA_SIZES, GemmaSize, PiConfig, Visio
 WEIGHTS, CONFIG, RL_HEADS, TOKENIZER = "model.safetensors", "config.json", "rl_heads.safetensors", "tokenizer.model"
 STATS = "policy_preprocessor_step_0_normalizer_processor.safetensors"
 LAYOUTS = ("lerobot", "openpi")
-RL_HEAD_PREFIXES = ("value_head.", "noise_head.")
 _EMBED = "paligemma_with_expert.paligemma.lm_head.weight"
 #: (our module prefix, openpi prefix), most specific first.
 _PREFIXES = (
@@ -66,11 +65,8 @@ def openpi_key(key: str) -> str:
 
 def layout_state(model) -> dict[str, torch.Tensor]:
     """The model's weights (RL heads excluded) under openpi names."""
-    return {
-        openpi_key(k): v
-        for k, v in model.state_dict().items()
-        if not k.startswith(RL_HEAD_PREFIXES) and "rotary" not in k
-    }
+    heads = model.rl_head_state_keys()
+    return {openpi_key(k): v for k, v in model.state_dict().items() if k not in heads and "rotary" not in k}
 
 
 def detect_layout(keys) -> str:
@@ -126,7 +122,8 @@ def load_layout_state(model, tensors: dict[str, torch.Tensor], source: str) -> l
     own = {openpi_key(k): k for k in model.state_dict()}
     state = {own[k]: tensors[k] for k in expected}
     result = model.load_state_dict(state, strict=False)
-    leftover = [k for k in result.missing_keys if not k.startswith(RL_HEAD_PREFIXES) and "rotary" not in k]
+    heads = model.rl_head_state_keys()
+    leftover = [k for k in result.missing_keys if k not in heads and "rotary" not in k]
     if leftover or result.unexpected_keys:
         raise CheckpointMismatch(f"{source}: internal key mapping incomplete: {leftover} {result.unexpected_keys}")
     return skipped
@@ -307,7 +304,8 @@ def save_pretrained(model, path: str, layout: str = "lerobot", metadata: dict | 
     save_file(
         {prefix + k: v.detach().cpu().contiguous() for k, v in layout_state(model).items()}, os.path.join(tmp, WEIGHTS)
     )
-    heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(RL_HEAD_PREFIXES)}
+    head_keys = model.rl_head_state_keys()
+    heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in head_keys}
     save_file(heads, os.path.join(tmp, RL_HEADS))
     shutil.copyfile(model.tokenizer.path, os.path.join(tmp, TOKENIZER))
     c = model.config

@@ -88,20 +88,7 @@ class PiPolicy(FlowActionModel):
         config = pi_config if isinstance(pi_config, PiConfig) else PiConfig.from_dict(pi_config)
         default_modes = {"state": "quantile", "actions": "quantile"} if config.variant == "pi05" else {}
         norm_modes = {"state": "mean_std", "actions": "mean_std", **default_modes, **(norm_modes or {})}
-        self.init_kwargs = {
-            "pi_config": config.to_dict(),
-            "state_dim": state_dim,
-            "camera_keys": list(camera_keys),
-            "tokenizer": tokenizer,
-            "instructions": list(instructions) if instructions is not None else None,
-            "norm_stats": norm_stats,
-            "norm_modes": norm_modes,
-            "noise_std_range": list(noise_std_range),
-            "value_hidden_sizes": list(value_hidden_sizes),
-            "noise_hidden_sizes": list(noise_hidden_sizes),
-            "train_expert_only": train_expert_only,
-            "dtype": dtype,
-        }
+        self.init_kwargs["norm_modes"] = norm_modes
         if state_dim > config.max_state_dim:
             raise ValueError(f"The env's state has {state_dim} dims, more than the model's {config.max_state_dim}.")
         if not camera_keys:
@@ -312,3 +299,6 @@ class PiPolicy(FlowActionModel):
 
     def value_parameters(self):
         return self.value_head.parameters()
+
+    def noise_parameters(self):
+        return self.noise_head.parameters()

@@ -1,0 +1,150 @@
+"""Flow-SDE and Flow-Noise: PPO's training loop on the denoising chain of a flow policy.
+
+Like RLlib's ``ppo.py``, this file holds the configs and the algorithms; the loss lives in
+``learner.py``, the policy in ``rl_module.py``. The two algorithms differ only in
+``flow_exploration`` (which Gaussian transitions the chain has, see ``rllib_pirl.flow``) and
+Flow-Noise's entropy bonus.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.from_config import NotProvided
+
+from rllib_pirl.callbacks import SuccessRateCallback
+from rllib_pirl.settings import FLOW_CONFIG_KEYS, FlowLearnerSettings, FlowModuleSettings, settings_of
+
+
+class FlowPPOConfig(PPOConfig):
+    """PPO on the denoising chain of a flow policy. Use :class:`FlowSDEConfig` or
+    :class:`FlowNoiseConfig`; they differ only in ``flow_exploration``.
+
+    The πRL keys (``FLOW_CONFIG_KEYS``, defaults and meaning in :mod:`rllib_pirl.settings`)
+    are set with :meth:`training` beside PPO's own.
+    """
+
+    #: "sde" (Flow-SDE) or "noise" (Flow-Noise); fixed by the subclass.
+    flow_exploration: str = "sde"
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class)
+        for key, value in FLOW_CONFIG_KEYS.items():
+            setattr(self, key, value)
+        # The paper's PPO: γ 0.99, λ 0.95, clip 0.2, no KL, 4 epochs.
+        self.lr = 7.91e-6
+        self.gamma = 0.99
+        self.lambda_ = 0.95
+        self.clip_param = 0.2
+        self.use_kl_loss = False
+        self.kl_coeff = 0.0
+        self.num_epochs = 4
+        self.entropy_coeff = 0.0
+        self.vf_loss_coeff = 1.0
+        self.callbacks_class = SuccessRateCallback  # env_runners/success_rate
+
+    @override(PPOConfig)
+    def training(self, **kwargs) -> FlowPPOConfig:
+        """PPO's ``training()`` plus the πRL keys (``num_denoise_steps``, ``noise_level``,
+        ``noise_std_range``, ``action_chunk``, ``logprob_reduction``, ``inference_x0``,
+        ``exploration_x0``, ``value_lr``, ``weight_decay``, ``vf_huber_delta``,
+        ``value_clip_param``; see :mod:`rllib_pirl.settings`)."""
+        flow = {key: kwargs.pop(key) for key in list(kwargs) if key in FLOW_CONFIG_KEYS}
+        super().training(**kwargs)
+        for key, value in flow.items():
+            if value is not NotProvided:
+                setattr(self, key, value)
+        return self
+
+    def module_settings(self) -> FlowModuleSettings:
+        return settings_of(FlowModuleSettings, self, exploration=self.flow_exploration)
+
+    @override(PPOConfig)
+    def validate(self) -> None:
+        super().validate()
+        errors = self.module_settings().errors() + settings_of(FlowLearnerSettings, self).errors()
+        if errors:  # all at once, as the module reports them
+            self._value_error(" ".join(errors))
+        from rllib_pirl.envs import ENVS
+
+        entry = ENVS.get(self.env) if isinstance(self.env, str) else None
+        if entry is not None and not self._is_frozen:
+            if entry.instructions is not None and "instructions" not in self._model_config:
+                # Models with a prompt (π0 / π0.5) tokenise the instruction of each task_id.
+                self._model_config = dict(self._model_config, instructions=entry.instructions(self.env_config))
+            if entry.vector and self.gym_env_vectorize_mode != "vector_entry_point":
+                # The env makes its own vector env (one simulator per process).
+                self.gym_env_vectorize_mode = "vector_entry_point"
+        chunk = self.env_config.get("action_chunk")
+        if chunk is None and not self._is_frozen:
+            # The env executes the chunks: it gets their length from the config.
+            self.env_config = dict(self.env_config, action_chunk=self.action_chunk)
+        elif chunk is not None and chunk != self.action_chunk:
+            self._value_error(
+                f"env_config.action_chunk={chunk} but action_chunk={self.action_chunk}: "
+                "set one of them (the env gets `action_chunk` from the config when "
+                "env_config has none)."
+            )
+
+    @override(PPOConfig)
+    def get_default_learner_class(self):
+        from rllib_pirl.algorithms.learner import FlowPPOTorchLearner
+
+        return FlowPPOTorchLearner
+
+    @override(PPOConfig)
+    def get_default_rl_module_spec(self) -> RLModuleSpec:
+        from rllib_pirl.rl_module import FlowRLModule
+
+        return RLModuleSpec(module_class=FlowRLModule)
+
+    @property
+    @override(PPOConfig)
+    def _model_config_auto_includes(self) -> dict[str, Any]:
+        settings = self.module_settings()
+        return super()._model_config_auto_includes | {
+            **vars(settings),
+            "noise_std_range": tuple(settings.noise_std_range),
+        }
+
+
+class FlowSDE(PPO):
+    """πRL Flow-SDE. Configure with :class:`FlowSDEConfig`."""
+
+    @classmethod
+    @override(PPO)
+    def get_default_config(cls) -> FlowSDEConfig:
+        return FlowSDEConfig()
+
+
+class FlowNoise(PPO):
+    """πRL Flow-Noise. Configure with :class:`FlowNoiseConfig`."""
+
+    @classmethod
+    @override(PPO)
+    def get_default_config(cls) -> FlowNoiseConfig:
+        return FlowNoiseConfig()
+
+
+class FlowSDEConfig(FlowPPOConfig):
+    """Flow-SDE: the ODE turned into an SDE; one random denoising step per rollout
+    call is stochastic (noise level a = ``noise_level``); entropy bonus 0."""
+
+    flow_exploration = "sde"
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or FlowSDE)
+
+
+class FlowNoiseConfig(FlowPPOConfig):
+    """Flow-Noise: a learned noise head makes every denoising step Gaussian; the
+    likelihood of the whole chain is exact; entropy bonus 0.005."""
+
+    flow_exploration = "noise"
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or FlowNoise)
+        self.entropy_coeff = 0.005

@@ -1,0 +1,314 @@
+"""Experiments from tuned-example yaml files: load, validate, translate to Tune, run.
+
+The classic RLlib tuned-examples format (what ``rllib train file`` reads)::
+
+    experiment-name:
+      env: PointReach            # a registered env name or a gymnasium id
+      run: FlowSDE               # a registered algorithm or "package.module:Class"
+      stop: {training_iteration: 50}
+      config: {lr: 3.0e-4, ...}  # keys of the algorithm's config (grid_search allowed)
+      checkpoint_config: {checkpoint_frequency: 10, checkpoint_at_end: true}
+
+:func:`prepare_experiments` validates everything (every experiment's algorithm, env, config
+keys and values, paths) before anything is written; :func:`run_experiment` runs one with
+Ray Tune. From Python::
+
+    from rllib_pirl.experiments import prepare_experiments, run_experiment
+    for experiment in prepare_experiments("tuned_examples/flow_sde_point_reach.yaml"):
+        results = run_experiment(experiment, storage_path="/tmp/runs")
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rllib_pirl.errors import UsageError
+from rllib_pirl.imports import import_object
+from rllib_pirl.models.checkpoint import is_model_checkpoint
+
+EXPERIMENT_KEYS = ("env", "run", "stop", "config", "checkpoint_config")
+CHECKPOINT_KEYS = (
+    "num_to_keep",
+    "checkpoint_score_attribute",
+    "checkpoint_score_order",
+    "checkpoint_frequency",
+    "checkpoint_at_end",
+)
+
+
+def _suggest(name, choices) -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _first_sample(value):
+    """A concrete stand-in for a Tune search space (its first grid value), for validation."""
+    if isinstance(value, dict):
+        if set(value) == {"grid_search"}:
+            return _first_sample(value["grid_search"][0])
+        return {k: _first_sample(v) for k, v in value.items()}
+    return value
+
+
+def _resolve_path(path: str) -> str:
+    """``$VARS`` and ``~`` expanded, absolute (relative to where `rllib` runs)."""
+    return os.path.abspath(os.path.expanduser(os.path.expandvars(path)))
+
+
+def config_dict_for_rllib(config: dict[str, Any]) -> dict[str, Any]:
+    """The yaml's config as ``AlgorithmConfig.update_from_dict`` takes it: the RLModule's
+    ``model_config`` (a read-only property) is stored as ``_model_config``, and a relative
+    ``init_checkpoint`` becomes absolute."""
+    config = dict(config)
+    if "model_config" in config:
+        model_config = dict(config.pop("model_config") or {})
+        init = model_config.get("init_checkpoint")
+        if isinstance(init, str):
+            # Relative to where `rllib` runs (Tune trials run in their own folders).
+            model_config["init_checkpoint"] = _resolve_path(init)
+            if not is_model_checkpoint(model_config["init_checkpoint"]):
+                raise UsageError(
+                    f"model_config.init_checkpoint: {init!r} is not a model checkpoint folder (config.json + "
+                    "model.safetensors, from `rllib sft`); relative paths are resolved from the current directory."
+                )
+        kwargs = dict(model_config.get("model_kwargs") or {})
+        for key in ("pretrained", "tokenizer"):  # π0 / π0.5 files, checked before any rollout
+            value = kwargs.get(key)
+            if isinstance(value, str):
+                path = _resolve_path(value)
+                if not os.path.exists(path):
+                    raise UsageError(
+                        f"model_config.model_kwargs.{key}: {value!r} does not exist ({path}). "
+                        + (
+                            "Point it at a π0 / π0.5 checkpoint folder (lerobot, openpi or rllib_pirl layout)."
+                            if key == "pretrained"
+                            else "Point it at PaliGemma's SentencePiece tokenizer file."
+                        )
+                    )
+                kwargs[key] = path
+        if kwargs:
+            model_config["model_kwargs"] = kwargs
+        config["_model_config"] = model_config
+    return config
+
+
+def progress_callback(min_interval_s: float = 5.0):
+    """A Tune callback printing one line per trial result (at most every ``min_interval_s``
+    seconds per trial, always the first): iteration, policy steps (RLlib env steps: one per action chunk), return, success, KL."""
+    from ray import tune
+
+    class ProgressLine(tune.Callback):
+        def __init__(self):
+            self.last = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            now = time.time()
+            if now - self.last.get(trial.trial_id, 0.0) < min_interval_s and result.get("training_iteration") != 1:
+                return
+            self.last[trial.trial_id] = now
+            runners = result.get("env_runners", {})
+            learner = result.get("learners", {}).get("default_policy", {})
+
+            def fmt(value, spec):
+                return format(value, spec) if isinstance(value, (int, float)) else "n/a"
+
+            print(
+                f"[{trial.trial_id}] iter {result.get('training_iteration')}"
+                f"  policy steps {fmt(runners.get('num_env_steps_sampled_lifetime'), '.0f')}"
+                f"  return {fmt(runners.get('episode_return_mean'), '.3f')}"
+                f"  success {fmt(runners.get('success_rate'), '.3f')}"
+                f"  kl {fmt(learner.get('approx_kl'), '.4f')}  clip {fmt(learner.get('clip_fraction'), '.3f')}"
+                f"  ({fmt(result.get('time_total_s'), '.0f')} s)",
+                flush=True,
+            )
+
+    return ProgressLine()
+
+
+def load_experiments(path: str) -> dict[str, dict[str, Any]]:
+    """Parse a tuned-example yaml file and check its structure."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UsageError(f"No such file: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UsageError(f"Malformed yaml in {path}: {e}") from None
+    if not isinstance(data, dict) or not data:
+        raise UsageError(
+            f"{path} must map experiment names to {{env, run, stop, config, checkpoint_config}}, "
+            f"got {type(data).__name__}."
+        )
+    for name, spec in data.items():
+        if not isinstance(spec, dict):
+            raise UsageError(f"Experiment {name!r} in {path} must be a mapping with keys {EXPERIMENT_KEYS}.")
+        for key in spec:
+            if key not in EXPERIMENT_KEYS:
+                raise UsageError(
+                    f"Experiment {name!r}: unknown key {key!r}; valid keys: {', '.join(EXPERIMENT_KEYS)}."
+                    + _suggest(key, EXPERIMENT_KEYS)
+                )
+        for key in ("run", "env"):
+            if key not in spec:
+                raise UsageError(f"Experiment {name!r} has no {key!r} key.")
+        for key in ("stop", "config", "checkpoint_config"):
+            if not isinstance(spec.get(key, {}), dict):
+                raise UsageError(f"Experiment {name!r}: {key!r} must be a mapping.")
+    return data
+
+
+def resolve_algorithm(run: str):
+    """A registered algorithm name, or ``package.module:Class``."""
+    from ray.rllib.algorithms.algorithm import Algorithm
+    from ray.rllib.algorithms.registry import ALGORITHMS as RLLIB_ALGORITHMS
+
+    from rllib_pirl.algorithms import ALGORITHMS
+
+    if not isinstance(run, str):
+        raise UsageError(f"run: must be a string, got {run!r}.")
+    if ":" in run:
+        try:
+            cls = import_object(run)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise UsageError(f"run: cannot import {run!r}: {e}") from None
+    elif run in ALGORITHMS:
+        cls = ALGORITHMS[run]
+    elif run in RLLIB_ALGORITHMS:
+        cls = RLLIB_ALGORITHMS[run]()[0]
+    else:
+        choices = list(ALGORITHMS) + sorted(RLLIB_ALGORITHMS)
+        raise UsageError(
+            f"run: unknown algorithm {run!r}. Valid: {', '.join(choices)}, or 'package.module:Class'."
+            + _suggest(run, choices)
+        )
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise UsageError(f"run: {run!r} is not an RLlib Algorithm class.")
+    return cls
+
+
+def check_env(env) -> None:
+    """A registered env name or a gymnasium id, else a :class:`UsageError`."""
+    import gymnasium as gym
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    from rllib_pirl.algorithms import register
+    from rllib_pirl.envs import ENVS
+
+    register()
+    if isinstance(env, str) and (_global_registry.contains(ENV_CREATOR, env) or env in gym.registry):
+        return
+    raise UsageError(
+        f"env: unknown env {env!r}. Registered by rllib_pirl: {', '.join(ENVS)}; "
+        "or any gymnasium id (with a chunked action space; see the 'ChunkedGym' env)."
+        + _suggest(env, list(ENVS) + list(gym.registry))
+    )
+
+
+def build_config(algo_cls, env, config: dict[str, Any], name: str):
+    """The algorithm's config for ``config`` (search spaces at their first value),
+    validated: unknown keys and invalid values stop here."""
+    algo_config = algo_cls.get_default_config()
+    sample = _first_sample(copy.deepcopy(config_dict_for_rllib(config)))
+    for key in sample:
+        translated = algo_config._translate_special_keys(key, warn_deprecated=False)
+        if not hasattr(algo_config, translated):
+            known = [k for k in vars(algo_config) if not k.startswith("_")] + ["model_config"]
+            key = "model_config" if key == "_model_config" else key
+            raise UsageError(
+                f"Experiment {name!r}: {algo_cls.__name__}'s config has no key {key!r}." + _suggest(key, known)
+            )
+    try:
+        algo_config = algo_config.update_from_dict(sample).environment(env)
+        algo_config.validate()
+    except (ValueError, TypeError) as e:
+        msg = str(e).split("\nTo suppress all validation errors")[0]
+        raise UsageError(f"Experiment {name!r}: invalid config: {msg}") from None
+    return algo_config
+
+
+@dataclass
+class Experiment:
+    """One validated experiment of a yaml file."""
+
+    name: str
+    algo_cls: type
+    env: str
+    config: dict[str, Any]  # the yaml's config (Tune search spaces included)
+    stop: dict[str, Any] = field(default_factory=dict)
+    checkpoint_config: dict[str, Any] = field(default_factory=dict)
+
+    def param_space(self) -> dict[str, Any]:
+        """The config as Tune's ``param_space`` (search spaces kept for Tune to expand)."""
+        return dict(config_dict_for_rllib(self.config), env=self.env)
+
+
+def prepare_experiments(path: str, stop: dict[str, Any] | None = None) -> list[Experiment]:
+    """Load and validate every experiment of a yaml file (``stop`` replaces their stopping
+    criteria): a :class:`UsageError` before anything runs or is written."""
+    if stop is not None and not isinstance(stop, dict):
+        raise UsageError(f"stop must be a mapping such as {{'training_iteration': 5}}, got {stop!r}.")
+    experiments = []
+    for name, spec in load_experiments(path).items():
+        algo_cls = resolve_algorithm(spec["run"])
+        check_env(spec["env"])
+        build_config(algo_cls, spec["env"], spec.get("config", {}), name)
+        ckpt = spec.get("checkpoint_config", {})
+        for key in ckpt:
+            if key not in CHECKPOINT_KEYS:
+                raise UsageError(
+                    f"Experiment {name!r}: unknown checkpoint_config key {key!r}; valid: {', '.join(CHECKPOINT_KEYS)}."
+                    + _suggest(key, CHECKPOINT_KEYS)
+                )
+        experiments.append(
+            Experiment(
+                name=name,
+                algo_cls=algo_cls,
+                env=spec["env"],
+                config=spec.get("config", {}),
+                stop=stop if stop is not None else spec.get("stop", {}),
+                checkpoint_config=ckpt,
+            )
+        )
+    return experiments
+
+
+def run_experiment(experiment: Experiment, storage_path: str | None = None, verbose: bool = True):
+    """Run ``experiment`` with Ray Tune (results, TensorBoard files and checkpoints under
+    ``storage_path/name``, default ``~/ray_results``); returns Tune's ``ResultGrid``. With
+    ``verbose``, one progress line per trial result and one summary line per trial."""
+    from ray import tune
+
+    storage = os.path.abspath(os.path.expanduser(storage_path or "~/ray_results"))
+    name = experiment.name
+    if verbose:
+        print(f"== {name}: {experiment.algo_cls.__name__} on {experiment.env}, stop={experiment.stop}", flush=True)
+        print(f"   results: {os.path.join(storage, name)}  (tensorboard --logdir {storage})", flush=True)
+    tuner = tune.Tuner(
+        experiment.algo_cls,
+        param_space=experiment.param_space(),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            stop=experiment.stop,
+            checkpoint_config=tune.CheckpointConfig(**{"checkpoint_at_end": True, **experiment.checkpoint_config}),
+            callbacks=[progress_callback()] if verbose else None,
+            verbose=1 if verbose else 0,
+        ),
+    )
+    results = tuner.fit()
+    if verbose:
+        for r in results:
+            runners = (r.metrics or {}).get("env_runners", {})
+            print(
+                f"   trial {r.path}: episode_return_mean={runners.get('episode_return_mean')}, "
+                f"success_rate={runners.get('success_rate')}, checkpoint={r.checkpoint.path if r.checkpoint else None}",
+                flush=True,
+            )
+    return results

@@ -1,0 +1,119 @@
+"""The πRL settings: each default once, each check once (no Ray).
+
+Two tables, both dataclasses:
+
+- :class:`FlowModuleSettings`: what the RLModule needs (keys of its ``model_config``; the
+  algorithm config forwards them), also when a model checkpoint is evaluated without an
+  algorithm config;
+- :class:`FlowLearnerSettings`: what only the learner's loss and optimizers need.
+
+The algorithm config's πRL keys are the fields of both (``FLOW_CONFIG_KEYS``), except
+``exploration``, which the algorithm fixes (Flow-SDE: ``"sde"``, Flow-Noise: ``"noise"``).
+Defaults are the paper's π0-ManiSkill settings where it has one. Documented in README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from rllib_pirl.flow.chain import LOGPROB_REDUCTIONS
+
+EXPLORATIONS = ("sde", "noise")
+X0_CHOICES = ("zeros", "noise")
+
+
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class FlowModuleSettings:
+    """The flow policy's settings (RLModule ``model_config`` keys)."""
+
+    num_denoise_steps: int = 4  # K: denoising steps per action chunk
+    action_chunk: int = 5  # actions per policy step (the env executes the chunk)
+    noise_level: float = 0.5  # Flow-SDE noise level a (σ_t = a·sqrt(t/(1−t)))
+    noise_std_range: tuple[float, float] = (0.08, 0.16)  # Flow-Noise: bounds of the learned std
+    logprob_reduction: str = "sum"  # "sum": one ratio per chunk; "per_element": one per action element
+    inference_x0: str = "zeros"  # the deterministic policy starts from "zeros" or "noise"
+    exploration_x0: str = "noise"  # exploration chains start from "noise" (the paper) or "zeros"
+    exploration: str = "sde"  # "sde" (Flow-SDE) or "noise" (Flow-Noise); fixed by the algorithm
+
+    def errors(self) -> list[str]:
+        """A message for every invalid value (empty when all are valid)."""
+        errors = []
+        if not _is_int(self.num_denoise_steps, 1):
+            errors.append(f"num_denoise_steps (K) must be an integer >= 1, got {self.num_denoise_steps!r}.")
+        if not _is_int(self.action_chunk, 1):
+            errors.append(f"action_chunk must be an integer >= 1, got {self.action_chunk!r}.")
+        if not _is_number(self.noise_level) or self.noise_level < 0:
+            errors.append(f"noise_level must be a number >= 0 (0 = the ODE), got {self.noise_level!r}.")
+        rng = self.noise_std_range
+        if not (isinstance(rng, list | tuple) and len(rng) == 2 and all(_is_number(v) for v in rng)):
+            errors.append(f"noise_std_range must be [min, max], got {rng!r}.")
+        elif not 0 < rng[0] <= rng[1]:
+            errors.append(f"noise_std_range must satisfy 0 < min <= max, got min={rng[0]}, max={rng[1]}.")
+        if self.logprob_reduction not in LOGPROB_REDUCTIONS:
+            errors.append(f"logprob_reduction must be one of {LOGPROB_REDUCTIONS}, got {self.logprob_reduction!r}.")
+        for name in ("inference_x0", "exploration_x0"):
+            if getattr(self, name) not in X0_CHOICES:
+                errors.append(f"{name} must be one of {X0_CHOICES}, got {getattr(self, name)!r}.")
+        if self.exploration not in EXPLORATIONS:
+            errors.append(f"exploration must be one of {EXPLORATIONS}, got {self.exploration!r}.")
+        return errors
+
+    @classmethod
+    def from_model_config(cls, model_config: dict[str, Any], **defaults) -> FlowModuleSettings:
+        """The settings in ``model_config`` (other keys ignored), the table's defaults (or
+        ``defaults``) for the missing ones; ``ValueError`` listing every invalid value."""
+        values = {f.name: model_config[f.name] for f in dataclasses.fields(cls) if f.name in model_config}
+        settings = cls(**(defaults | values))
+        errors = settings.errors()
+        if errors:
+            raise ValueError(" ".join(errors))
+        return settings
+
+
+@dataclass(frozen=True)
+class FlowLearnerSettings:
+    """The settings of the loss and optimizers (beyond PPO's own keys)."""
+
+    value_lr: float = 1.55e-4  # learning rate of the value head (the actor's is PPO's `lr`)
+    weight_decay: float = 0.0  # AdamW weight decay of both optimizers
+    vf_huber_delta: float = 10.0  # Huber δ of the value loss
+    value_clip_param: float = 0.2  # value clipping around the rollout's value
+
+    def errors(self) -> list[str]:
+        errors = []
+        for name in ("vf_huber_delta", "value_clip_param"):
+            value = getattr(self, name)
+            if not _is_number(value) or value <= 0:
+                errors.append(f"{name} must be a number > 0, got {value!r}.")
+        for name in ("value_lr", "weight_decay"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                errors.append(f"{name} must be a number >= 0, got {value!r}.")
+        return errors
+
+
+#: Module settings the algorithm fixes instead of the user.
+ALGORITHM_FIXED = ("exploration",)
+#: The πRL keys of the algorithm config, with their defaults.
+FLOW_CONFIG_KEYS: dict[str, Any] = {
+    f.name: f.default
+    for table in (FlowModuleSettings, FlowLearnerSettings)
+    for f in dataclasses.fields(table)
+    if f.name not in ALGORITHM_FIXED
+}
+
+
+def settings_of(table, source, **fixed):
+    """An instance of ``table`` with its values read as attributes of ``source`` (e.g. an
+    algorithm config); ``fixed`` values win."""
+    return table(**{f.name: getattr(source, f.name) for f in dataclasses.fields(table) if f.name not in fixed}, **fixed)
