@@ -19,7 +19,7 @@ from rllib_pirl.errors import UsageError
 
 
 def cmd_train_file(args) -> int:
-    from rllib_pirl.experiments import prepare_experiments, run_experiment
+    from rllib_pirl.experiments import check_cluster, prepare_experiments, run_experiment
 
     stop = None
     if args.stop is not None:
@@ -32,14 +32,18 @@ def cmd_train_file(args) -> int:
     experiments = prepare_experiments(args.file, stop)  # everything validated before Tune writes anything
     import ray
 
-    for experiment in experiments:
-        failed = [r for r in run_experiment(experiment, args.storage_path) if r.error]
-        for r in failed:
-            print(f"   trial failed: {r.error}", file=sys.stderr)
-        if failed:
-            return 1
-    if ray.is_initialized():
-        ray.shutdown()
+    connected_before = ray.is_initialized()
+    try:
+        check_cluster(experiments, args.address, resource_check=not args.no_resource_check)
+        for experiment in experiments:
+            failed = [r for r in run_experiment(experiment, args.storage_path) if r.error]
+            for r in failed:
+                print(f"   trial failed: {r.error}", file=sys.stderr)
+            if failed:
+                return 1
+    finally:
+        if ray.is_initialized() and not connected_before:
+            ray.shutdown()
     return 0
 
 
@@ -191,6 +195,15 @@ def make_parser() -> argparse.ArgumentParser:
     tf.add_argument("file", help="yaml file, e.g. tuned_examples/flow_sde_point_reach.yaml")
     tf.add_argument("--stop", help="JSON stopping criteria replacing the file's, e.g. '{\"training_iteration\": 5}'")
     tf.add_argument("--storage-path", help="where Tune writes results (default ~/ray_results)")
+    tf.add_argument(
+        "--address",
+        help="join the Ray cluster at this address (default: $RAY_ADDRESS, else a local cluster of this machine)",
+    )
+    tf.add_argument(
+        "--no-resource-check",
+        action="store_true",
+        help="skip refusing trials the cluster can never hold (for clusters with an autoscaler)",
+    )
     tf.set_defaults(func=cmd_train_file)
     ev = sub.add_parser(
         "evaluate",

@@ -10,8 +10,9 @@ The classic RLlib tuned-examples format (what ``rllib train file`` reads)::
       checkpoint_config: {checkpoint_frequency: 10, checkpoint_at_end: true}
 
 :func:`prepare_experiments` validates everything (every experiment's algorithm, env, config
-keys and values, paths) before anything is written; :func:`run_experiment` runs one with
-Ray Tune. From Python::
+keys and values, paths) before anything is written; :func:`check_cluster` joins the Ray
+cluster and refuses trials it can never hold; :func:`run_experiment` runs one with Ray Tune.
+From Python::
 
     from rllib_pirl.experiments import prepare_experiments, run_experiment
     for experiment in prepare_experiments("tuned_examples/flow_sde_point_reach.yaml"):
@@ -243,6 +244,7 @@ class Experiment:
     config: dict[str, Any]  # the yaml's config (Tune search spaces included)
     stop: dict[str, Any] = field(default_factory=dict)
     checkpoint_config: dict[str, Any] = field(default_factory=dict)
+    algo_config: Any = None  # the validated AlgorithmConfig (search spaces at their first value)
 
     def param_space(self) -> dict[str, Any]:
         """The config as Tune's ``param_space`` (search spaces kept for Tune to expand)."""
@@ -258,7 +260,7 @@ def prepare_experiments(path: str, stop: dict[str, Any] | None = None) -> list[E
     for name, spec in load_experiments(path).items():
         algo_cls = resolve_algorithm(spec["run"])
         check_env(spec["env"])
-        build_config(algo_cls, spec["env"], spec.get("config", {}), name)
+        algo_config = build_config(algo_cls, spec["env"], spec.get("config", {}), name)
         ckpt = spec.get("checkpoint_config", {})
         for key in ckpt:
             if key not in CHECKPOINT_KEYS:
@@ -274,16 +276,37 @@ def prepare_experiments(path: str, stop: dict[str, Any] | None = None) -> list[E
                 config=spec.get("config", {}),
                 stop=stop if stop is not None else spec.get("stop", {}),
                 checkpoint_config=ckpt,
+                algo_config=algo_config,
             )
         )
     return experiments
 
 
-def run_experiment(experiment: Experiment, storage_path: str | None = None, verbose: bool = True):
-    """Run ``experiment`` with Ray Tune (results, TensorBoard files and checkpoints under
-    ``storage_path/name``, default ``~/ray_results``); returns Tune's ``ResultGrid``. With
-    ``verbose``, one progress line per trial result and one summary line per trial."""
+def check_cluster(experiments: list[Experiment], address: str | None = None, resource_check: bool = True) -> None:
+    """Join the Ray cluster (``address``, else ``$RAY_ADDRESS``, else a local one) and, with
+    ``resource_check``, refuse experiments whose trials it can never hold (:class:`UsageError`)."""
+    from rllib_pirl.cluster import check_resources, connect
+
+    connect(address)
+    if resource_check:
+        for experiment in experiments:
+            check_resources(experiment.name, experiment.algo_cls, experiment.algo_config)
+
+
+def run_experiment(
+    experiment: Experiment,
+    storage_path: str | None = None,
+    verbose: bool = True,
+    address: str | None = None,
+    resource_check: bool = True,
+):
+    """Run ``experiment`` with Ray Tune on the cluster of :func:`check_cluster` (results,
+    TensorBoard files and checkpoints under ``storage_path/name``, default ``~/ray_results``);
+    returns Tune's ``ResultGrid``. With ``verbose``, one progress line per trial result and
+    one summary line per trial."""
     from ray import tune
+
+    check_cluster([experiment], address, resource_check)
 
     storage = os.path.abspath(os.path.expanduser(storage_path or "~/ray_results"))
     name = experiment.name

@@ -14,10 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.numpy import convert_to_numpy
+from ray.rllib.utils.torch_utils import convert_to_torch_tensor
 
 from rllib_pirl.flow import (
     LearnedNoiseExploration,
@@ -35,6 +39,8 @@ STEPS = "flow_steps"  # (B, S) stochastic transitions
 LOGP = "flow_logp"  # (B, N) log-probs of the PPO ratios (see `logprob_reduction`)
 ENTROPY = "flow_entropy"  # (B,) mean step entropy
 NOISE_STD = "flow_noise_std"  # (B,) mean std of the stochastic steps
+# Key of the frozen weights' fingerprint in a trainable-only state (weight sync).
+FROZEN_FINGERPRINT = "__frozen_fingerprint__"
 
 
 class FlowRLModule(TorchRLModule, ValueFunctionAPI):
@@ -60,12 +66,24 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
                 f"action_chunk={self.action_chunk}. Make them agree (env_config.action_chunk)."
             )
         self.env_action_dim = space.shape[1]
-        self.model = build_model(self.model_config, self.observation_space, space, self.noise_std_range)
+        # Every process (learners, env runners) builds the same initial weights from init_seed
+        # (the algorithm config sets it): frozen weights are then never sent, only checked.
+        with torch.random.fork_rng(devices=[]):
+            if self.model_config.get("init_seed") is not None:
+                torch.manual_seed(int(self.model_config["init_seed"]))
+            self.model = build_model(self.model_config, self.observation_space, space, self.noise_std_range)
         if self.model.horizon < self.action_chunk or self.model.action_dim < self.env_action_dim:
             raise ValueError(
                 f"The model predicts {self.model.horizon} x {self.model.action_dim} actions, "
                 f"fewer than the env's chunk {self.action_chunk} x {self.env_action_dim}."
             )
+        if self.exploration_kind == "sde":
+            # Flow-SDE never uses the noise head: frozen, it gets no optimizer, no gradient that
+            # several learners (DDP) would wait for, and no place in the weight sync.
+            for p in self.model.noise_parameters():
+                p.requires_grad_(False)
+        self._frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
+        self._frozen_fingerprint = frozen_fingerprint(self.model)
 
     # -- pieces ---------------------------------------------------------------------
     def exploration(self):
@@ -137,8 +155,52 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
             embeddings = self.model.encode(batch[Columns.OBS])
         return self.model.value(embeddings).float()
 
-    def get_non_inference_attributes(self):
-        return []
+    # -- state: what the learners send the env runners ------------------------------
+    @override(TorchRLModule)
+    def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
+        """The module's weights. ``inference_only`` (what RLlib sends the env runners after
+        each update) leaves out the frozen parameters (π0's VLM, Flow-SDE's noise head),
+        which every process builds itself from the same checkpoint or seed, and adds their
+        fingerprint so that :meth:`set_state` can check they agree."""
+        state = self.state_dict()
+        if inference_only:
+            state = {k: v for k, v in state.items() if k not in self._frozen}
+            state[FROZEN_FINGERPRINT] = self._frozen_fingerprint
+        return convert_to_numpy(state)
+
+    @override(TorchRLModule)
+    def set_state(self, state) -> None:
+        """Load a state from :meth:`get_state`: the whole one (checkpoints) or the
+        trainable part (weight sync), whose frozen fingerprint must match ours."""
+        state = dict(state)
+        fingerprint = state.pop(FROZEN_FINGERPRINT, None)
+        if fingerprint is not None and not np.array_equal(
+            np.asarray(fingerprint, np.float32), self._frozen_fingerprint
+        ):
+            raise ValueError(
+                "The frozen weights of this process's model differ from the sender's (only trainable weights are "
+                "synced): every process must build the model from the same files (init_checkpoint / pretrained "
+                "paths that hold the same weights on every node) or, without files, the same model_config.init_seed."
+            )
+        missing, unexpected = self.load_state_dict(convert_to_torch_tensor(state), strict=False)
+        missing = [k for k in missing if k not in self._frozen]
+        if missing or unexpected:
+            raise ValueError(f"The state does not fit the model: missing {missing}, unexpected {unexpected}.")
+        if any(k in self._frozen for k in state):  # a whole state (e.g. a checkpoint) replaced frozen weights
+            self._frozen_fingerprint = frozen_fingerprint(self.model)
+
+
+def frozen_fingerprint(model: torch.nn.Module) -> np.ndarray:
+    """A cheap fingerprint of the frozen parameters: per tensor, the sum of up to 1024 evenly
+    spaced elements (in fp64 on the CPU, so that it does not depend on the device; stored as
+    fp32, which RLlib's state conversions keep exactly)."""
+    sums = []
+    for p in model.parameters():
+        if not p.requires_grad:
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 1024)][:1024]
+            sums.append(sample.to("cpu", torch.float64).sum().item())
+    return np.asarray(sums, np.float32)
 
 
 def _batch_size(obs) -> int:

@@ -8,6 +8,7 @@ Flow-Noise's entropy bonus.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
@@ -16,6 +17,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.from_config import NotProvided
 
 from rllib_pirl.callbacks import SuccessRateCallback
+from rllib_pirl.env_runner import FlowEnvRunner
 from rllib_pirl.settings import FLOW_CONFIG_KEYS, FlowLearnerSettings, FlowModuleSettings, settings_of
 
 
@@ -45,6 +47,7 @@ class FlowPPOConfig(PPOConfig):
         self.entropy_coeff = 0.0
         self.vf_loss_coeff = 1.0
         self.callbacks_class = SuccessRateCallback  # env_runners/success_rate
+        self.env_runner_cls = FlowEnvRunner  # tells multi-task envs which runner they run in
 
     @override(PPOConfig)
     def training(self, **kwargs) -> FlowPPOConfig:
@@ -64,10 +67,21 @@ class FlowPPOConfig(PPOConfig):
 
     @override(PPOConfig)
     def validate(self) -> None:
+        learners = self.num_learners or 1
+        if self._train_batch_size_per_learner is None and self.train_batch_size % learners:
+            self._value_error(
+                f"train_batch_size={self.train_batch_size} does not split over {learners} learners: set "
+                "train_batch_size_per_learner (each learner's share) or a multiple of num_learners."
+            )
         super().validate()
         errors = self.module_settings().errors() + settings_of(FlowLearnerSettings, self).errors()
         if errors:  # all at once, as the module reports them
             self._value_error(" ".join(errors))
+        if "init_seed" not in self._model_config and not self._is_frozen:
+            # One seed for the initial weights of every process of this run (learners, env
+            # runners): frozen weights that no checkpoint gives are then equal everywhere.
+            seed = self.seed if self.seed is not None else secrets.randbelow(2**31)
+            self._model_config = dict(self._model_config, init_seed=seed)
         from rllib_pirl.envs import ENVS
 
         entry = ENVS.get(self.env) if isinstance(self.env, str) else None

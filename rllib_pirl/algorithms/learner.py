@@ -53,7 +53,7 @@ class AddOldValues(ConnectorV2):
     def __call__(self, *, rl_module, batch, episodes, **kwargs):
         with torch.no_grad():
             for module_id, module_batch in batch.items():
-                module = rl_module[module_id]
+                module = rl_module[module_id].unwrapped()  # several learners: a DDP wrapper around ours
                 if isinstance(module, ValueFunctionAPI):
                     module_batch[Columns.VF_PREDS] = module.compute_values(module_batch).detach()
         return batch

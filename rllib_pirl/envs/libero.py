@@ -335,7 +335,7 @@ def make_libero_env(env_config) -> gym.Env:
     config = LiberoConfig.from_env_config(env_config)
     if num_envs is None:
         return make_task_env(config, 0)
-    return worker_vector_env(make_task_env, config, env_config, num_envs)
+    return worker_vector_env(make_task_env, config, num_envs)
 
 
 def instructions(env_config) -> list[str]:

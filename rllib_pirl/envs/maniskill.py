@@ -377,7 +377,7 @@ def make_maniskill_env(env_config) -> gym.Env:
         from rllib_pirl.envs.maniskill_batched import ManiSkillBatchedVectorEnv
 
         return ManiSkillBatchedVectorEnv(config, num_envs)
-    return worker_vector_env(make_task_env, config, env_config, num_envs)
+    return worker_vector_env(make_task_env, config, num_envs)
 
 
 def instructions(env_config) -> list[str]:
