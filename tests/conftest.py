@@ -69,3 +69,17 @@ def assert_one_iteration_trains_the_expert(algo) -> None:
     assert learner["num_module_steps_trained"] > 0 and np.isfinite(learner["policy_loss"])
     after = algo.get_module().model.state_dict()
     assert any(not torch.equal(v, after[k]) for k, v in before.items())
+
+
+def point_gpu_examples_at_a_tiny_checkpoint(tmp_path, monkeypatch) -> None:
+    """The GPU tuned examples name real π0 / π0.5 checkpoints by environment variable: point
+    them at a tiny π0 checkpoint (and its tokenizer), so that their configs build here."""
+    from rllib_pirl.models.pi0 import PiConfig, PiPolicy
+    from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
+
+    tokenizer = train_tiny_tokenizer(str(tmp_path / "tok.model"), ["pick up the cube"])
+    model = PiPolicy(PiConfig.tiny(), state_dim=8, camera_keys=["base_camera"], tokenizer=tokenizer)
+    model.save_pretrained(str(tmp_path / "ck"))
+    for var in ("PI0_CHECKPOINT", "PI05_CHECKPOINT", "PI0_LIBERO_CHECKPOINT", "PI05_LIBERO_CHECKPOINT"):
+        monkeypatch.setenv(var, str(tmp_path / "ck"))
+    monkeypatch.setenv("PALIGEMMA_TOKENIZER", tokenizer)

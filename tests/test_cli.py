@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, point_gpu_examples_at_a_tiny_checkpoint
 
 from rllib_pirl.cli import main
 
@@ -40,15 +40,7 @@ def test_tuned_examples_are_valid(example, tmp_path, monkeypatch):
         for name, spec in experiments.items():
             with pytest.raises(UsageError, match="model_kwargs.pretrained: '\\$PI0"):
                 build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name)
-        from rllib_pirl.models.pi0 import PiConfig, PiPolicy
-        from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
-
-        tokenizer = train_tiny_tokenizer(str(tmp_path / "tok.model"), ["pick up the cube"])
-        model = PiPolicy(PiConfig.tiny(), state_dim=8, camera_keys=["base_camera"], tokenizer=tokenizer)
-        model.save_pretrained(str(tmp_path / "ck"))
-        for var in ("PI0_CHECKPOINT", "PI05_CHECKPOINT", "PI0_LIBERO_CHECKPOINT", "PI05_LIBERO_CHECKPOINT"):
-            monkeypatch.setenv(var, str(tmp_path / "ck"))
-        monkeypatch.setenv("PALIGEMMA_TOKENIZER", tokenizer)
+        point_gpu_examples_at_a_tiny_checkpoint(tmp_path, monkeypatch)
     for name, spec in experiments.items():
         build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name)
 

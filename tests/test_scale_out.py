@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_config, tiny_pi_rl_config
+from conftest import REPO, point_gpu_examples_at_a_tiny_checkpoint, tiny_config, tiny_pi_rl_config
 
 from rllib_pirl.rl_module import FROZEN_FINGERPRINT
 
@@ -141,6 +141,16 @@ def test_set_state_refuses_frozen_weights_that_differ():
     assert all(torch.equal(v, sender.state_dict()[k]) for k, v in other.state_dict().items())
 
 
+def tasks_reported_by_one_iteration(config) -> list[str]:
+    """The tasks whose episodes ended in one training iteration (their success_rate_<task>)."""
+    algo = config.build_algo()
+    try:
+        runners = algo.train()["env_runners"]
+    finally:
+        algo.stop()
+    return sorted(k[len("success_rate_") :] for k in runners if k.startswith("success_rate_"))
+
+
 @needs_maniskill
 def test_suite_tasks_spread_over_two_env_runners(ray_session):
     """Six ManiSkill tasks, 2 env runners × 3 envs: every task runs (sub-env i of runner r
@@ -153,12 +163,7 @@ def test_suite_tasks_spread_over_two_env_runners(ray_session):
         .environment("ManiSkill", env_config={"tasks": "suite", "max_episode_steps": 10})
         .env_runners(num_env_runners=2, num_envs_per_env_runner=3, num_cpus_per_env_runner=0.5)
     )
-    algo = config.build_algo()
-    try:
-        runners = algo.train()["env_runners"]
-    finally:
-        algo.stop()
-    assert sorted(k[len("success_rate_") :] for k in runners if k.startswith("success_rate_")) == sorted(SUITE)
+    assert tasks_reported_by_one_iteration(config) == sorted(SUITE)
 
 
 def test_infeasible_resources_are_refused_before_anything_is_written(tmp_path, capsys):
@@ -176,6 +181,31 @@ def test_infeasible_resources_are_refused_before_anything_is_written(tmp_path, c
     assert "GPU: 2 asked = 2 learners × 1 (num_gpus_per_learner); the cluster has 0." in err
     assert "5 env runners × 1 (num_cpus_per_env_runner)" in err
     assert not storage.exists()
+
+
+GPU_EXAMPLES = sorted(
+    f for f in os.listdir(os.path.join(REPO, "tuned_examples")) if f.endswith(".yaml") and "cpu" not in f and "pi0" in f
+)
+
+
+@pytest.mark.parametrize("example", GPU_EXAMPLES)
+def test_gpu_examples_fit_the_nodes_they_are_written_for(example, tmp_path, monkeypatch):
+    """An 8-GPU node with 48 CPUs holds every GPU example, one GPU and 4 CPUs the 1-GPU
+    one; this machine (2 CPUs, no GPU) holds none and says why."""
+    from rllib_pirl.cluster import resource_problems, trial_bundles
+    from rllib_pirl.experiments import build_config, load_experiments, resolve_algorithm
+
+    point_gpu_examples_at_a_tiny_checkpoint(tmp_path, monkeypatch)
+    path = os.path.join(REPO, "tuned_examples", example)
+    if any(spec["env"] == "LIBERO" for spec in load_experiments(path).values()):
+        pytest.importorskip("libero", reason="LIBERO is not installed: run scripts/setup_libero.sh")
+    ((name, spec),) = load_experiments(path).items()
+    algo_cls = resolve_algorithm(spec["run"])
+    bundles = trial_bundles(algo_cls, build_config(algo_cls, spec["env"], spec["config"], name))
+    node = {"CPU": 4.0, "GPU": 1.0} if "1gpu" in example else {"CPU": 48.0, "GPU": 8.0}
+    assert resource_problems(bundles, [node]) == []
+    problems = resource_problems(bundles, [{"CPU": 2.0}])
+    assert any(p.startswith("GPU:") and "the cluster has 0" in p for p in problems)
 
 
 def test_unreachable_address_is_refused_at_once(tmp_path, capsys):
@@ -265,3 +295,20 @@ def test_train_file_joins_a_two_node_cluster_and_places_env_runners_by_resource(
     (trial,) = [d for d in (tmp_path / "results" / "two-nodes").iterdir() if d.is_dir()]
     assert (trial / "checkpoint_000000").is_dir()
     assert {f.read_text() for f in log.iterdir()} == {report["sim_node"]}
+
+
+def test_libero_tasks_spread_over_two_env_runners(ray_session):
+    """Four LIBERO tasks, 2 env runners × 2 simulator processes, tiny π0: every task runs and
+    reports its success rate (a 10-task suite needs 10 simulators, ~2 GiB each: too many here)."""
+    pytest.importorskip("libero", reason="LIBERO is not installed: run scripts/setup_libero.sh")
+    from rllib_pirl import FlowSDEConfig
+    from rllib_pirl.envs.libero import suite_tasks
+
+    env_config = {"suite": "libero_goal", "tasks": [0, 1, 2, 3], "camera_size": 32, "max_episode_steps": 8}
+    tokenizer = os.path.join(REPO, "checkpoints", "tiny_tokenizer_libero.model")
+    config = (
+        tiny_pi_rl_config(FlowSDEConfig, "LIBERO", env_config, "pi0", tokenizer)
+        .training(train_batch_size_per_learner=16)
+        .env_runners(num_env_runners=2, num_envs_per_env_runner=2, num_cpus_per_env_runner=0.5)
+    )
+    assert tasks_reported_by_one_iteration(config) == sorted(suite_tasks("libero_goal")[i].name for i in range(4))
