@@ -88,9 +88,14 @@ class FlowLearnerSettings:
     weight_decay: float = 0.0  # AdamW weight decay of both optimizers
     vf_huber_delta: float = 10.0  # Huber δ of the value loss
     value_clip_param: float = 0.2  # value clipping around the rollout's value
+    #: None: each minibatch in one forward/backward; n: in micro-batches of n samples whose
+    #: gradients accumulate into one optimizer step per minibatch (memory ∝ n; must divide it)
+    micro_batch_size: int | None = None
 
     def errors(self) -> list[str]:
         errors = []
+        if self.micro_batch_size is not None and not _is_int(self.micro_batch_size, 1):
+            errors.append(f"micro_batch_size must be an integer >= 1 (or null), got {self.micro_batch_size!r}.")
         for name in ("vf_huber_delta", "value_clip_param"):
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:

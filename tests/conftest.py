@@ -83,3 +83,13 @@ def point_gpu_examples_at_a_tiny_checkpoint(tmp_path, monkeypatch) -> None:
     for var in ("PI0_CHECKPOINT", "PI05_CHECKPOINT", "PI0_LIBERO_CHECKPOINT", "PI05_LIBERO_CHECKPOINT"):
         monkeypatch.setenv(var, str(tmp_path / "ck"))
     monkeypatch.setenv("PALIGEMMA_TOKENIZER", tokenizer)
+
+
+def learner_states(algo):
+    """Each learner's module weights (torch tensors on the CPU; one for a local learner)."""
+    results = algo.learner_group.foreach_learner(
+        lambda learner: {
+            k: v.detach().cpu().clone() for k, v in learner.module["default_policy"].unwrapped().state_dict().items()
+        }
+    )
+    return [r.get() for r in results.result_or_errors]

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, point_gpu_examples_at_a_tiny_checkpoint, tiny_config, tiny_pi_rl_config
+from conftest import REPO, learner_states, point_gpu_examples_at_a_tiny_checkpoint, tiny_config, tiny_pi_rl_config
 
 from rllib_pirl.rl_module import FROZEN_FINGERPRINT
 
@@ -16,16 +16,6 @@ needs_maniskill = pytest.mark.skipif(
     not os.environ.get("VK_ICD_FILENAMES") and not os.path.isdir("/usr/share/vulkan/icd.d"),
     reason="no Vulkan driver: run scripts/setup_maniskill.sh and source .vulkan/env.sh",
 )
-
-
-def learner_states(algo):
-    """Each learner's module weights (torch tensors on the CPU)."""
-    results = algo.learner_group.foreach_learner(
-        lambda learner: {
-            k: v.detach().cpu().clone() for k, v in learner.module["default_policy"].unwrapped().state_dict().items()
-        }
-    )
-    return [r.get() for r in results.result_or_errors]
 
 
 def runner_states(algo):

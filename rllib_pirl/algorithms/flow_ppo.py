@@ -54,7 +54,7 @@ class FlowPPOConfig(PPOConfig):
         """PPO's ``training()`` plus the πRL keys (``num_denoise_steps``, ``noise_level``,
         ``noise_std_range``, ``action_chunk``, ``logprob_reduction``, ``inference_x0``,
         ``exploration_x0``, ``value_lr``, ``weight_decay``, ``vf_huber_delta``,
-        ``value_clip_param``; see :mod:`rllib_pirl.settings`)."""
+        ``value_clip_param``, ``micro_batch_size``; see :mod:`rllib_pirl.settings`)."""
         flow = {key: kwargs.pop(key) for key in list(kwargs) if key in FLOW_CONFIG_KEYS}
         super().training(**kwargs)
         for key, value in flow.items():
@@ -77,6 +77,13 @@ class FlowPPOConfig(PPOConfig):
         errors = self.module_settings().errors() + settings_of(FlowLearnerSettings, self).errors()
         if errors:  # all at once, as the module reports them
             self._value_error(" ".join(errors))
+        minibatch = self.minibatch_size or self.train_batch_size_per_learner
+        if self.micro_batch_size is not None and minibatch % self.micro_batch_size:
+            self._value_error(
+                f"micro_batch_size={self.micro_batch_size} does not divide the minibatch of {minibatch} samples "
+                "(minibatch_size, else train_batch_size_per_learner): choose a divisor, e.g. "
+                f"{max(d for d in range(1, self.micro_batch_size + 1) if minibatch % d == 0)}."
+            )
         if "init_seed" not in self._model_config and not self._is_frozen:
             # One seed for the initial weights of every process of this run (learners, env
             # runners): frozen weights that no checkpoint gives are then equal everywhere.

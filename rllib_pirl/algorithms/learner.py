@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
+import tree
 from ray.rllib.algorithms.ppo.ppo import (
     LEARNER_RESULTS_KL_KEY,
     LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY,
@@ -125,14 +127,14 @@ class FlowPPOTorchLearner(PPOTorchLearner):
             total = total + self.curr_kl_coeffs_per_module[module_id] * approx_kl
 
         valid = mask if mask is not None else slice(None)
-        self.metrics.log_dict(
+        self._log_loss_metrics(
+            module_id,
             {
                 POLICY_LOSS_KEY: -masked_mean(surrogate),
                 VF_LOSS_KEY: masked_mean(vf_loss),
                 LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY: masked_mean(
                     torch.nn.functional.huber_loss(values, targets, delta=config.vf_huber_delta, reduction="none")
                 ),
-                LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained_variance(targets[valid], values[valid]),
                 ENTROPY_KEY: masked_mean(entropy),
                 LEARNER_RESULTS_KL_KEY: approx_kl,
                 APPROX_KL_KEY: approx_kl,
@@ -140,7 +142,87 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                 MEAN_ABS_LOGP_KEY: masked_mean(fwd_out[LOGP].abs().mean(1)),
                 NOISE_STD_KEY: masked_mean(fwd_out[NOISE_STD]),
             },
-            key=module_id,
-            window=1,
+            weight=float(mask.sum()) if mask is not None else len(targets),
+            targets=targets[valid].detach(),
+            values=values[valid].detach(),
         )
         return total
+
+    # -- micro-batches ------------------------------------------------------------------
+    def _log_loss_metrics(self, module_id, means: dict, weight: float, targets, values) -> None:
+        """Log a (micro-)batch's loss metrics: at once, or — inside a micro-batched update —
+        kept until :meth:`_log_micro_batch_metrics` logs their ``weight``-weighted means
+        (the explained variance over all the micro-batches' targets and values)."""
+        if self._micro_metrics is not None:
+            self._micro_metrics.setdefault(module_id, []).append((weight, means, targets, values))
+            return
+        means = dict(means, **{LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained_variance(targets, values)})
+        self.metrics.log_dict(means, key=module_id, window=1)
+
+    def _log_micro_batch_metrics(self) -> None:
+        parts, self._micro_metrics = self._micro_metrics, None
+        for module_id, rows in parts.items():
+            total = sum(w for w, *_ in rows)
+            means = {key: sum(w * m[key].detach() for w, m, *_ in rows) / total for key in rows[0][1]}
+            targets = torch.cat([t for *_, t, _ in rows])
+            values = torch.cat([v for *_, v in rows])
+            self._log_loss_metrics(module_id, means, total, targets, values)
+
+    _micro_metrics: dict | None = None
+
+    @override(PPOTorchLearner)
+    def _uncompiled_update(self, batch: dict, **kwargs):
+        """One optimizer step per minibatch; with ``micro_batch_size``, the minibatch runs
+        through forward and backward in micro-batches whose gradients accumulate, each
+        micro-batch's loss weighted by its share of the minibatch's (valid) samples, so that
+        the summed gradient is the whole minibatch's: L = Σ_i (n_i / n)·L_i. With several
+        learners, DDP all-reduces only at the last micro-batch (``no_sync`` before)."""
+        micro = self.config.micro_batch_size
+        sizes = {mid: _num_rows(b) for mid, b in batch.items()}
+        if not micro or max(sizes.values()) <= micro:
+            return super()._uncompiled_update(batch, **kwargs)
+        self._compute_off_policyness(batch)
+        for optim in self._optimizer_parameters:
+            optim.zero_grad(set_to_none=True)
+        valid = {mid: _num_valid(b) for mid, b in batch.items()}
+        num_micro = -(-max(sizes.values()) // micro)
+        loss_per_module = {mid: 0.0 for mid in batch}
+        self._micro_metrics = {}
+        try:
+            for i in range(num_micro):
+                part = {mid: _rows(b, i * micro, (i + 1) * micro) for mid, b in batch.items() if i * micro < sizes[mid]}
+                with contextlib.ExitStack() as stack:
+                    if i < num_micro - 1 and self.config.num_learners > 1:
+                        for mod in self.module.values():
+                            if isinstance(mod, torch.nn.Module):
+                                stack.enter_context(mod.no_sync())
+                    fwd_out = self.module.forward_train(part)
+                    losses = self.compute_losses(fwd_out=fwd_out, batch=part)
+                    share = {mid: _num_valid(part[mid]) / valid[mid] for mid in losses}
+                    sum(loss * share[mid] for mid, loss in losses.items()).backward()
+                for mid, loss in losses.items():
+                    loss_per_module[mid] = loss_per_module[mid] + loss.detach() * share[mid]
+        finally:
+            self._log_micro_batch_metrics()
+        gradients = {pid: p.grad for pid, p in self._params.items()}
+        with contextlib.ExitStack() as stack:
+            if self.config.num_learners > 1:
+                for mod in self.module.values():
+                    if isinstance(mod, torch.nn.Module):
+                        stack.enter_context(mod.no_sync())
+            self.apply_gradients(self.postprocess_gradients(gradients))
+        return fwd_out, loss_per_module, {}
+
+
+def _num_rows(batch: dict) -> int:
+    return len(next(iter(tree.flatten(batch))))
+
+
+def _num_valid(batch: dict) -> float:
+    mask = batch.get(Columns.LOSS_MASK)
+    return float(mask.sum()) if mask is not None else float(_num_rows(batch))
+
+
+def _rows(batch: dict, start: int, stop: int) -> dict:
+    """Rows ``start:stop`` of every column (nested observation dicts included)."""
+    return tree.map_structure(lambda x: x[start:stop], batch)
