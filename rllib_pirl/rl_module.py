@@ -96,11 +96,12 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         return lambda x, t: self.model.velocity(context, x, t)
 
     def _x0(self, batch_size, zeros: bool):
+        """x_0 of a chain: latents are fp32 whatever the transformer's dtype (bf16 π0)."""
         shape = (batch_size, self.model.horizon, self.model.action_dim)
-        param = next(self.model.parameters())
+        device = next(self.model.parameters()).device
         if zeros:
-            return torch.zeros(shape, dtype=param.dtype, device=param.device)
-        return torch.randn(shape, dtype=param.dtype, device=param.device)
+            return torch.zeros(shape, dtype=torch.float32, device=device)
+        return torch.randn(shape, dtype=torch.float32, device=device)
 
     def _crop(self, x):
         return x[:, : self.action_chunk, : self.env_action_dim]
@@ -165,8 +166,11 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         state = self.state_dict()
         if inference_only:
             state = {k: v for k, v in state.items() if k not in self._frozen}
+        # numpy has no bfloat16: those tensors travel as CPU torch tensors (Ray pickles them)
+        state = {k: v.detach().cpu() if v.dtype == torch.bfloat16 else convert_to_numpy(v) for k, v in state.items()}
+        if inference_only:
             state[FROZEN_FINGERPRINT] = self._frozen_fingerprint
-        return convert_to_numpy(state)
+        return state
 
     @override(TorchRLModule)
     def set_state(self, state) -> None:

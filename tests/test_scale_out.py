@@ -302,3 +302,52 @@ def test_libero_tasks_spread_over_two_env_runners(ray_session):
         .env_runners(num_env_runners=2, num_envs_per_env_runner=2, num_cpus_per_env_runner=0.5)
     )
     assert tasks_reported_by_one_iteration(config) == sorted(suite_tasks("libero_goal")[i].name for i in range(4))
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_bfloat16_module_explores_and_syncs(variant):
+    """A tiny π0 / π0.5 whose transformer runs in bf16: chains start from fp32 latents, and
+    the trainable-only state (bf16 tensors travel as torch tensors: numpy has no bf16) loads
+    into a second module built the same way."""
+    import gymnasium as gym
+    from ray.rllib.core.columns import Columns
+
+    from rllib_pirl.models.pi0 import PiConfig
+    from rllib_pirl.rl_module import LATENTS, LOGP, FlowRLModule
+
+    image = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
+    obs_space = gym.spaces.Dict(
+        {
+            "base_camera": image,
+            "state": gym.spaces.Box(-1, 1, (8,), np.float32),
+            "task_id": gym.spaces.Box(0, 0, (1,), np.int64),
+        }
+    )
+    model_config = {
+        "model_class": "rllib_pirl.models.pi0:PiPolicy",
+        "model_kwargs": {
+            "pi_config": PiConfig.tiny(variant).to_dict(),
+            "tokenizer": os.path.join(REPO, "checkpoints", "tiny_tokenizer.model"),
+            "dtype": "bfloat16",
+        },
+        "instructions": ["pick up the cube"],
+        "action_chunk": 4,
+        "init_seed": 3,
+    }
+    act_space = gym.spaces.Box(-1, 1, (4, 4), np.float32)
+    sender, receiver = (
+        FlowRLModule(observation_space=obs_space, action_space=act_space, model_config=model_config) for _ in range(2)
+    )
+    assert any(p.dtype == torch.bfloat16 for p in sender.parameters())
+    out = sender.forward_exploration(
+        {Columns.OBS: {k: torch.as_tensor(np.stack([s.sample()] * 2)) for k, s in obs_space.items()}}
+    )
+    assert out[LATENTS].dtype == torch.float32 and out[LOGP].dtype == torch.float32
+    with torch.no_grad():
+        for p in sender.parameters():
+            if p.requires_grad:
+                p.add_(0.125)
+    state = sender.get_state(inference_only=True)
+    assert any(isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16 for v in state.values())
+    receiver.set_state(state)
+    assert all(torch.equal(v, sender.state_dict()[k]) for k, v in receiver.state_dict().items())
