@@ -173,29 +173,32 @@ def test_infeasible_resources_are_refused_before_anything_is_written(tmp_path, c
     assert not storage.exists()
 
 
-GPU_EXAMPLES = sorted(
-    f for f in os.listdir(os.path.join(REPO, "tuned_examples")) if f.endswith(".yaml") and "cpu" not in f and "pi0" in f
-)
+EXAMPLES = sorted(f for f in os.listdir(os.path.join(REPO, "tuned_examples")) if f.endswith(".yaml"))
 
 
-@pytest.mark.parametrize("example", GPU_EXAMPLES)
-def test_gpu_examples_fit_the_nodes_they_are_written_for(example, tmp_path, monkeypatch):
-    """An 8-GPU node with 48 CPUs holds every GPU example, one GPU and 4 CPUs the 1-GPU
-    one; this machine (2 CPUs, no GPU) holds none and says why."""
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_examples_fit_the_machines_they_are_written_for(example, tmp_path, monkeypatch):
+    """The CPU examples fit this 2-CPU machine; an 8-GPU node with 48 CPUs holds every GPU
+    example, one GPU and 4 CPUs the 1-GPU one, and this machine holds none and says why."""
     from rllib_pirl.cluster import resource_problems, trial_bundles
     from rllib_pirl.experiments import build_config, load_experiments, resolve_algorithm
 
-    point_gpu_examples_at_a_tiny_checkpoint(tmp_path, monkeypatch)
+    gpu = "pi0" in example and "cpu" not in example
+    if gpu:
+        point_gpu_examples_at_a_tiny_checkpoint(tmp_path, monkeypatch)
     path = os.path.join(REPO, "tuned_examples", example)
     if any(spec["env"] == "LIBERO" for spec in load_experiments(path).values()):
         pytest.importorskip("libero", reason="LIBERO is not installed: run scripts/setup_libero.sh")
-    ((name, spec),) = load_experiments(path).items()
-    algo_cls = resolve_algorithm(spec["run"])
-    bundles = trial_bundles(algo_cls, build_config(algo_cls, spec["env"], spec["config"], name))
-    node = {"CPU": 4.0, "GPU": 1.0} if "1gpu" in example else {"CPU": 48.0, "GPU": 8.0}
-    assert resource_problems(bundles, [node]) == []
-    problems = resource_problems(bundles, [{"CPU": 2.0}])
-    assert any(p.startswith("GPU:") and "the cluster has 0" in p for p in problems)
+    here = [{"CPU": 2.0}]
+    for name, spec in load_experiments(path).items():
+        algo_cls = resolve_algorithm(spec["run"])
+        bundles = trial_bundles(algo_cls, build_config(algo_cls, spec["env"], spec["config"], name))
+        if not gpu:
+            assert resource_problems(bundles, here) == []
+            continue
+        node = {"CPU": 4.0, "GPU": 1.0} if "1gpu" in example else {"CPU": 48.0, "GPU": 8.0}
+        assert resource_problems(bundles, [node]) == []
+        assert any(p.startswith("GPU:") and "the cluster has 0" in p for p in resource_problems(bundles, here))
 
 
 def test_unreachable_address_is_refused_at_once(tmp_path, capsys):
