@@ -34,9 +34,10 @@ def cmd_train_file(args) -> int:
 
     connected_before = ray.is_initialized()
     try:
+        # Every experiment checked before the first runs; run_experiment need not check again.
         check_cluster(experiments, args.address, resource_check=not args.no_resource_check)
         for experiment in experiments:
-            failed = [r for r in run_experiment(experiment, args.storage_path) if r.error]
+            failed = [r for r in run_experiment(experiment, args.storage_path, resource_check=False) if r.error]
             for r in failed:
                 print(f"   trial failed: {r.error}", file=sys.stderr)
             if failed:

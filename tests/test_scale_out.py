@@ -354,3 +354,24 @@ def test_bfloat16_module_explores_and_syncs(variant):
     assert any(isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16 for v in state.values())
     receiver.set_state(state)
     assert all(torch.equal(v, sender.state_dict()[k]) for k, v in receiver.state_dict().items())
+
+
+def test_no_resource_check_skips_the_check(ray_session, tmp_path, monkeypatch):
+    """`--no-resource-check` (clusters with an autoscaler): the resource check is never
+    called, the run goes on."""
+    import rllib_pirl.cluster
+    from rllib_pirl.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("check_resources was called")
+
+    monkeypatch.setattr(rllib_pirl.cluster, "check_resources", refuse)
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        "exp:\n  env: PointReach\n  run: FlowSDE\n  stop: {training_iteration: 1}\n"
+        "  config: {num_env_runners: 0, action_chunk: 4, train_batch_size_per_learner: 64, minibatch_size: 32,"
+        " num_epochs: 1}\n"
+    )
+    argv = ["train", "file", str(path), "--storage-path", str(tmp_path / "r"), "--no-resource-check"]
+    assert main(argv) == 0
+    assert any((tmp_path / "r" / "exp").iterdir())
