@@ -24,19 +24,16 @@ KEYS = {
         "custom": "custom_resources_for_main_process",
     },
     "env runner": {
-        "count": "num_env_runners",
         "CPU": "num_cpus_per_env_runner",
         "GPU": "num_gpus_per_env_runner",
         "custom": "custom_resources_per_env_runner",
     },
     "evaluation env runner": {
-        "count": "evaluation_num_env_runners",
         "CPU": "evaluation_config.num_cpus_per_env_runner",
         "GPU": "evaluation_config.num_gpus_per_env_runner",
         "custom": "evaluation_config.custom_resources_per_env_runner",
     },
     "learner": {
-        "count": "num_learners",
         "CPU": "num_cpus_per_learner",
         "GPU": "num_gpus_per_learner",
         "custom": "custom_resources_per_learner",

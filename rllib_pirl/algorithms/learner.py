@@ -192,10 +192,8 @@ class FlowPPOTorchLearner(PPOTorchLearner):
             for i in range(num_micro):
                 part = {mid: _rows(b, i * micro, (i + 1) * micro) for mid, b in batch.items() if i * micro < sizes[mid]}
                 with contextlib.ExitStack() as stack:
-                    if i < num_micro - 1 and self.config.num_learners > 1:
-                        for mod in self.module.values():
-                            if isinstance(mod, torch.nn.Module):
-                                stack.enter_context(mod.no_sync())
+                    if i < num_micro - 1:
+                        self._hold_gradient_all_reduce(stack)
                     fwd_out = self.module.forward_train(part)
                     losses = self.compute_losses(fwd_out=fwd_out, batch=part)
                     share = {mid: _num_valid(part[mid]) / valid[mid] for mid in losses}
@@ -206,12 +204,16 @@ class FlowPPOTorchLearner(PPOTorchLearner):
             self._log_micro_batch_metrics()
         gradients = {pid: p.grad for pid, p in self._params.items()}
         with contextlib.ExitStack() as stack:
-            if self.config.num_learners > 1:
-                for mod in self.module.values():
-                    if isinstance(mod, torch.nn.Module):
-                        stack.enter_context(mod.no_sync())
+            self._hold_gradient_all_reduce(stack)  # as RLlib's own update applies them
             self.apply_gradients(self.postprocess_gradients(gradients))
         return fwd_out, loss_per_module, {}
+
+    def _hold_gradient_all_reduce(self, stack: contextlib.ExitStack) -> None:
+        """With several learners, enter every DDP module's ``no_sync`` in ``stack``."""
+        if self.config.num_learners > 1:
+            for mod in self.module.values():
+                if isinstance(mod, torch.nn.Module):
+                    stack.enter_context(mod.no_sync())
 
 
 def _num_rows(batch: dict) -> int:
