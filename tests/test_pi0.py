@@ -358,12 +358,52 @@ def test_one_rl_iteration_on_maniskill_rgb(tokenizer, ray_session, variant, algo
         algo.stop()
 
 
+@pytest.mark.parametrize(("variant", "algorithm"), [("pi0", "sde"), ("pi05", "noise")])
+def test_bfloat16_trains_checkpoints_and_restores(tokenizer, ray_session, tmp_path, variant, algorithm):
+    """``dtype: bfloat16`` end to end: rollouts, one update (AdamW on the fp32 master weights of
+    the expert and heads), a checkpoint and its restore into a new algorithm, equal weights."""
+    pytest.importorskip("mani_skill", reason="ManiSkill is not installed: run scripts/setup_maniskill.sh")
+    from rllib_pirl import FlowNoiseConfig, FlowSDEConfig
+
+    env_config = {"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": 32, "max_episode_steps": 12}
+    config = tiny_pi_rl_config(
+        FlowSDEConfig if algorithm == "sde" else FlowNoiseConfig,
+        "ManiSkill",
+        {**env_config, "instructions": ["lift the red cube"]},
+        variant,
+        tokenizer,
+        noise_hidden_sizes=[16],
+        dtype="bfloat16",
+    )
+    algo = config.build_algo()
+    try:
+        model = algo.get_module().model
+        assert model.backbone.dtype == torch.bfloat16
+        assert model.backbone.paligemma.language_model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+        assert_one_iteration_trains_the_expert(algo)
+        algo.save_to_path(str(tmp_path / "ck"))
+        trained = {k: v.clone() for k, v in algo.get_module().model.state_dict().items()}
+    finally:
+        algo.stop()
+    restored = type(algo).from_checkpoint(str(tmp_path / "ck"))
+    try:
+        state = restored.get_module().model.state_dict()
+        assert state.keys() == trained.keys()
+        assert all(state[k].dtype == v.dtype and torch.equal(state[k], v) for k, v in trained.items())
+        assert restored.iteration == 1
+    finally:
+        restored.stop()
+
+
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_bfloat16_transformer_keeps_fp32_outputs(tokenizer, variant):
     full = make_policy(tokenizer, variant)
     half = make_policy(tokenizer, variant, dtype="bfloat16")
     half.load_state_dict(full.state_dict())  # same weights, rounded to bf16 in the transformer
     assert half.backbone.dtype == torch.bfloat16 and half.action_out_proj.weight.dtype == torch.float32
+    # mixed precision: the frozen VLM is stored in bf16, the trained expert keeps fp32 master weights
+    assert {p.dtype for p in half.backbone.paligemma.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in half.backbone.gemma_expert.parameters()} == {torch.float32}
     obs, x, t = make_obs(), torch.randn(3, 8, 8), torch.full((3,), 0.7)
     with torch.no_grad():
         (v32, _), (v16, h16) = (m.velocity(m.encode(obs), x, t) for m in (full, half))

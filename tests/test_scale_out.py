@@ -309,9 +309,10 @@ def test_libero_tasks_spread_over_two_env_runners(ray_session):
 
 @pytest.mark.parametrize("variant", ["pi0", "pi05"])
 def test_bfloat16_module_explores_and_syncs(variant):
-    """A tiny π0 / π0.5 whose transformer runs in bf16: chains start from fp32 latents, and
-    the trainable-only state (bf16 tensors travel as torch tensors: numpy has no bf16) loads
-    into a second module built the same way."""
+    """A tiny π0 / π0.5 in mixed precision (frozen VLM stored in bf16, trainable fp32 master
+    weights, bf16 compute): chains start from fp32 latents, the trainable-only state is fp32
+    and loads into a second module built the same way; the whole state (checkpoints) sends the
+    bf16 tensors as torch tensors (numpy has no bf16)."""
     import gymnasium as gym
     from ray.rllib.core.columns import Columns
 
@@ -341,7 +342,8 @@ def test_bfloat16_module_explores_and_syncs(variant):
     sender, receiver = (
         FlowRLModule(observation_space=obs_space, action_space=act_space, model_config=model_config) for _ in range(2)
     )
-    assert any(p.dtype == torch.bfloat16 for p in sender.parameters())
+    assert {p.dtype for p in sender.model.backbone.paligemma.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in sender.parameters() if p.requires_grad} == {torch.float32}
     out = sender.forward_exploration(
         {Columns.OBS: {k: torch.as_tensor(np.stack([s.sample()] * 2)) for k, s in obs_space.items()}}
     )
@@ -351,7 +353,8 @@ def test_bfloat16_module_explores_and_syncs(variant):
             if p.requires_grad:
                 p.add_(0.125)
     state = sender.get_state(inference_only=True)
-    assert any(isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16 for v in state.values())
+    assert all(v.dtype == np.float32 for v in state.values())
+    assert any(isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16 for v in sender.get_state().values())
     receiver.set_state(state)
     assert all(torch.equal(v, sender.state_dict()[k]) for k, v in receiver.state_dict().items())
 

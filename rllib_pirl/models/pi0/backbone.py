@@ -109,7 +109,14 @@ class PrefixCache:
 
 def _attention(attn, x, cos, sin, mask, past_kv=None):
     """Gemma self-attention of ``x`` over (past keys/values ++ its own); ``mask`` is
-    (B, 1, T, S) bool, True = attend. Returns the output and x's own (k, v)."""
+    (B, 1, T, S) or (B, 1, 1, S) bool, True = attend. Returns the output and x's own (k, v).
+
+    Grouped-query attention with g query heads per key/value head runs as ordinary
+    attention of the g·T queries of a group over its one K/V: q (B, kv·g, T, d) →
+    (B, kv, g·T, d), the mask's rows tiled g times. Exactly the same numbers, and no
+    ``enable_gqa`` nor g×-expanded K/V: SDPA's fused kernels (CUDA's memory-efficient,
+    the CPU's flash) take a boolean mask, not GQA with one, so this never falls back to
+    the math kernel and its full fp32 attention matrix."""
     b, t, _ = x.shape
     shape = (b, t, -1, attn.head_dim)
     q = attn.q_proj(x).view(shape).transpose(1, 2)
@@ -117,7 +124,13 @@ def _attention(attn, x, cos, sin, mask, past_kv=None):
     v = attn.v_proj(x).view(shape).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     keys, values = (k, v) if past_kv is None else (torch.cat([past_kv[0], k], 2), torch.cat([past_kv[1], v], 2))
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=True)
+    kv_heads = keys.shape[1]
+    groups = q.shape[1] // kv_heads
+    q = q.reshape(b, kv_heads, groups * t, attn.head_dim)
+    if mask.shape[2] > 1:
+        mask = mask.repeat(1, 1, groups, 1)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
+    out = out.reshape(b, kv_heads * groups, t, attn.head_dim)
     return attn.o_proj(out.transpose(1, 2).reshape(b, t, -1)), (k, v)
 
 
@@ -151,10 +164,21 @@ class PaliGemmaWithExpert(nn.Module):
         self.vlm_rotary = GemmaRotaryEmbedding(self.paligemma.config.text_config)
         self.expert_rotary = GemmaRotaryEmbedding(expert_config)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The transformer's dtype (float32, or bfloat16 on GPUs); heads stay float32."""
-        return self.gemma_expert.layers[0].self_attn.q_proj.weight.dtype
+    #: The dtype the transformer computes in: float32, or bfloat16 (mixed precision: set by
+    #: :meth:`set_compute_dtype`).
+    dtype: torch.dtype = torch.float32
+
+    def set_compute_dtype(self, dtype: torch.dtype, frozen_vlm: bool) -> None:
+        """Compute in ``dtype``. In bfloat16: mixed precision — the frozen VLM is *stored* in
+        bf16 (half the memory, it never changes); trainable weights (the expert, a trained VLM)
+        stay float32 master weights that the optimizer updates, and both run under
+        ``torch.autocast`` in bf16 (matmuls and attention in bf16, norms in fp32)."""
+        self.dtype = dtype
+        if dtype == torch.bfloat16 and frozen_vlm:
+            self.paligemma.to(dtype)
+
+    def _autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)
 
     @property
     def language_model(self):
@@ -175,7 +199,11 @@ class PaliGemmaWithExpert(nn.Module):
 
         ``image_mask`` (B, N) marks real cameras, ``token_mask`` (B, L) real tokens;
         masked tokens are neither attended to nor counted in the positions."""
-        img = self.embed_images(images.to(self.dtype))
+        with self._autocast(images.device):
+            return self._prefix(images.to(self.dtype), image_mask, tokens, token_mask)
+
+    def _prefix(self, images, image_mask, tokens, token_mask):
+        img = self.embed_images(images)
         per_image = img.shape[1] // images.shape[1]
         h = torch.cat([img, self.embed_tokens(tokens).to(img.dtype)], dim=1)
         mask = torch.cat([image_mask.bool().repeat_interleave(per_image, dim=1), token_mask.bool()], dim=1)
@@ -197,7 +225,10 @@ class PaliGemmaWithExpert(nn.Module):
         that the later tokens see but that does not see them; the rest attend to every
         suffix token. ``cond`` conditions π0.5's adaptive norms. Returns the final-normed
         expert output (B, T, expert width), in float32."""
-        tokens = tokens.to(self.dtype)
+        with self._autocast(tokens.device):
+            return self._suffix(cache, tokens.to(self.dtype), causal_head, cond)
+
+    def _suffix(self, cache, tokens, causal_head, cond):
         b, t, _ = tokens.shape
         positions = cache.next_position[:, None] + torch.arange(t, device=tokens.device)[None, :]
         cos, sin = self.expert_rotary(tokens, positions)

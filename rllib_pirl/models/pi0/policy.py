@@ -132,8 +132,9 @@ class PiPolicy(FlowActionModel):
             self.backbone.paligemma.requires_grad_(False)
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-        # The transformer may run in bf16; the projections, RL heads, latents, log-probs stay fp32.
-        self.backbone.to(getattr(torch, dtype))
+        # The transformer may compute in bf16 (mixed precision); the projections, RL heads,
+        # latents and log-probs stay fp32.
+        self.backbone.set_compute_dtype(getattr(torch, dtype), frozen_vlm=train_expert_only)
 
     def set_norm_stats(self, norm_stats: dict[str, dict[str, Sequence[float]]] | None) -> None:
         """Use these state / action statistics (in ``norm_modes``) from now on."""
