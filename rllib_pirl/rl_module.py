@@ -30,6 +30,7 @@ from rllib_pirl.flow import (
     reduce_log_prob,
     sample_chain,
 )
+from rllib_pirl.models.base import map_context
 from rllib_pirl.models.build import build_model
 from rllib_pirl.settings import FlowModuleSettings
 
@@ -39,6 +40,7 @@ STEPS = "flow_steps"  # (B, S) stochastic transitions
 LOGP = "flow_logp"  # (B, N) log-probs of the PPO ratios (see `logprob_reduction`)
 ENTROPY = "flow_entropy"  # (B,) mean step entropy
 NOISE_STD = "flow_noise_std"  # (B,) mean std of the stochastic steps
+ROW = "flow_row"  # (B,) the sample's row in its train batch (finds its cached encoding)
 # Key of the frozen weights' fingerprint in a trainable-only state (weight sync).
 FROZEN_FINGERPRINT = "__frozen_fingerprint__"
 
@@ -142,7 +144,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         }
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        context = self.model.encode(batch[Columns.OBS])
+        context = self._train_context(batch)
         chain = chain_log_prob(self._velocity_fn(context), batch[LATENTS], batch[STEPS], self.exploration())
         return {
             Columns.EMBEDDINGS: context,
@@ -153,8 +155,52 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None):
         if embeddings is None:
-            embeddings = self.model.encode(batch[Columns.OBS])
+            memo, self._values_memo = self._values_memo, None
+            if memo is not None and memo[0] is batch:  # RLlib's GAE after prepare_train_batch
+                return memo[1]
+            embeddings = self._train_context(batch)
         return self.model.value(embeddings).float()
+
+    # -- the learner's pass over a train batch ----------------------------------------
+    _values_memo: tuple[dict, torch.Tensor] | None = None
+    _encodings: Any = None
+
+    @torch.no_grad()
+    def prepare_train_batch(self, batch: dict[str, Any], chunk_size: int, prefix_cache: str) -> torch.Tensor:
+        """One no-grad pass over a learner's train batch, ``chunk_size`` rows at a time: the
+        values V(s) at the weights that collected it (V_old of the value clipping and GAE's
+        values: the same numbers, computed once — :meth:`compute_values` hands them to GAE)
+        and, when the model's encoding is frozen (π0's prefix) and ``prefix_cache`` is not
+        "off", each sample's encoding, kept (on the device or in host memory) so that every
+        epoch and minibatch of the update reuses it instead of recomputing it. Rows are
+        numbered in ``batch[ROW]``, which travels with them through RLlib's shuffles."""
+        obs = batch[Columns.OBS]
+        n = _batch_size(obs)
+        keep = prefix_cache != "off" and self.model.frozen_encoding
+        values, encodings = [], []
+        for start in range(0, n, chunk_size):
+            context = self.model.encode(_take(obs, slice(start, start + chunk_size)))
+            values.append(self.model.value(context).float())
+            if keep:
+                encodings.append(map_context(_host_copy, context) if prefix_cache == "cpu" else context)
+        values = torch.cat(values)
+        self._encodings = map_context(lambda *xs: torch.cat(xs), *encodings) if keep else None
+        batch[ROW] = torch.arange(n, device=values.device)
+        self._values_memo = (batch, values)
+        return values
+
+    def release_train_batch(self) -> None:
+        """Free the encodings kept for the last train batch (after its update)."""
+        self._encodings, self._values_memo = None, None
+
+    def _train_context(self, batch: dict[str, Any]):
+        """The encoding of a (mini/micro-)batch of the train batch: its rows of the kept
+        encodings, or computed."""
+        if self._encodings is not None and ROW in batch:
+            device = batch[ROW].device
+            rows = batch[ROW].to(_first_tensor(self._encodings).device)
+            return map_context(lambda x: x[rows].to(device, non_blocking=True), self._encodings)
+        return self.model.encode(batch[Columns.OBS])
 
     # -- state: what the learners send the env runners ------------------------------
     @override(TorchRLModule)
@@ -205,6 +251,25 @@ def frozen_fingerprint(model: torch.nn.Module) -> np.ndarray:
             sample = flat[:: max(1, flat.numel() // 1024)][:1024]
             sums.append(sample.to("cpu", torch.float64).sum().item())
     return np.asarray(sums, np.float32)
+
+
+def _take(obs, rows):
+    """Rows of a (possibly nested dict) observation batch."""
+    if isinstance(obs, dict):
+        return {k: _take(v, rows) for k, v in obs.items()}
+    return obs[rows]
+
+
+def _first_tensor(context) -> torch.Tensor:
+    found = []
+    map_context(lambda x: found.append(x) or x, context)
+    return found[0]
+
+
+def _host_copy(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in host memory, pinned when there is a GPU (fast, asynchronous copies back)."""
+    x = x.to("cpu")
+    return x.pin_memory() if torch.cuda.is_available() else x
 
 
 def _batch_size(obs) -> int:

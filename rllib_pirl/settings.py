@@ -22,6 +22,7 @@ from rllib_pirl.flow.chain import LOGPROB_REDUCTIONS
 
 EXPLORATIONS = ("sde", "noise")
 X0_CHOICES = ("zeros", "noise")
+PREFIX_CACHES = ("device", "cpu", "off")
 
 
 def _is_int(value, minimum: int) -> bool:
@@ -91,9 +92,20 @@ class FlowLearnerSettings:
     #: None: each minibatch in one forward/backward; n: in micro-batches of n samples whose
     #: gradients accumulate into one optimizer step per minibatch (memory ∝ n; must divide it)
     micro_batch_size: int | None = None
+    #: rows per forward of the learner's one no-grad pass over a train batch (V_old and GAE's
+    #: values, the cached encodings): bounds that pass's memory
+    value_chunk_size: int = 256
+    #: where the learner keeps each sample's frozen encoding (π0's prefix KV cache) between the
+    #: epochs and minibatches of an update: "device" (the learner's GPU), "cpu" (host memory,
+    #: pinned when there is a GPU; copied per micro-batch) or "off" (recomputed in every forward)
+    prefix_cache: str = "device"
 
     def errors(self) -> list[str]:
         errors = []
+        if not _is_int(self.value_chunk_size, 1):
+            errors.append(f"value_chunk_size must be an integer >= 1, got {self.value_chunk_size!r}.")
+        if self.prefix_cache not in PREFIX_CACHES:
+            errors.append(f"prefix_cache must be one of {PREFIX_CACHES}, got {self.prefix_cache!r}.")
         if self.micro_batch_size is not None and not _is_int(self.micro_batch_size, 1):
             errors.append(f"micro_batch_size must be an integer >= 1 (or null), got {self.micro_batch_size!r}.")
         for name in ("vf_huber_delta", "value_clip_param"):

@@ -22,7 +22,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import explained_variance
 
-from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD
+from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD, FlowRLModule
 
 CLIP_FRACTION_KEY = "clip_fraction"
 APPROX_KL_KEY = "approx_kl"
@@ -49,14 +49,24 @@ def clipped_huber_value_loss(values, old_values, targets, delta: float, clip: fl
 
 
 class AddOldValues(ConnectorV2):
-    """Learner connector: V_old(s) at the weights that collected the batch, stored as
-    ``Columns.VF_PREDS`` for value clipping (runs once per train batch, before GAE)."""
+    """Learner connector (before GAE), once per train batch: V_old(s) at the weights that
+    collected the batch, stored as ``Columns.VF_PREDS`` for value clipping — and GAE's values,
+    the same numbers, which RLlib's GAE then gets without a second pass — computed in chunks
+    of ``chunk_size`` rows, keeping the frozen encodings for the update (``prefix_cache``;
+    see :meth:`FlowRLModule.prepare_train_batch`)."""
+
+    def __init__(self, *args, chunk_size: int = 256, prefix_cache: str = "device", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chunk_size, self.prefix_cache = chunk_size, prefix_cache
 
     def __call__(self, *, rl_module, batch, episodes, **kwargs):
-        with torch.no_grad():
-            for module_id, module_batch in batch.items():
-                module = rl_module[module_id].unwrapped()  # several learners: a DDP wrapper around ours
-                if isinstance(module, ValueFunctionAPI):
+        for module_id, module_batch in batch.items():
+            module = rl_module[module_id].unwrapped()  # several learners: a DDP wrapper around ours
+            if isinstance(module, FlowRLModule):
+                values = module.prepare_train_batch(module_batch, self.chunk_size, self.prefix_cache)
+                module_batch[Columns.VF_PREDS] = values
+            elif isinstance(module, ValueFunctionAPI):
+                with torch.no_grad():
                     module_batch[Columns.VF_PREDS] = module.compute_values(module_batch).detach()
         return batch
 
@@ -71,7 +81,20 @@ class FlowPPOTorchLearner(PPOTorchLearner):
     def build(self) -> None:
         super().build()
         if self._learner_connector is not None and self.config.add_default_connectors_to_learner_pipeline:
-            self._learner_connector.insert_before(GeneralAdvantageEstimation, AddOldValues())
+            self._learner_connector.insert_before(
+                GeneralAdvantageEstimation,
+                AddOldValues(chunk_size=self.config.value_chunk_size, prefix_cache=self.config.prefix_cache),
+            )
+
+    @override(PPOTorchLearner)
+    def update(self, *args, **kwargs):
+        """RLlib's update; afterwards the train batch's kept encodings are freed."""
+        try:
+            return super().update(*args, **kwargs)
+        finally:
+            for module in self.module.values():
+                if isinstance(module.unwrapped(), FlowRLModule):
+                    module.unwrapped().release_train_batch()
 
     @override(PPOTorchLearner)
     def configure_optimizers_for_module(self, module_id, config=None) -> None:

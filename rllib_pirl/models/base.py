@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import inspect
 from collections.abc import Iterable
 from typing import Any
@@ -55,6 +56,11 @@ class FlowActionModel(nn.Module, abc.ABC):
     def encode(self, obs: Any) -> Any:
         """Everything the denoising steps reuse for one observation (e.g. features or
         a prefix KV cache). Runs once per observation, whatever K is."""
+
+    #: True when :meth:`encode` has no trainable parameters (π0's frozen VLM): its result for
+    #: an observation is then the same in every epoch of an update, and the learner computes it
+    #: once per train batch (``prefix_cache``).
+    frozen_encoding: bool = False
 
     @abc.abstractmethod
     def velocity(self, context: Any, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,3 +125,20 @@ def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def map_context(fn, *contexts):
+    """Apply ``fn`` to the tensors of one or more contexts of the same structure (tensors
+    in dataclasses, dicts, lists, tuples; other leaves are taken from the first): e.g. take
+    rows of a context, or concatenate chunks of them."""
+    first = contexts[0]
+    if isinstance(first, torch.Tensor):
+        return fn(*contexts)
+    if dataclasses.is_dataclass(first):
+        fields = {f.name: map_context(fn, *(getattr(c, f.name) for c in contexts)) for f in dataclasses.fields(first)}
+        return type(first)(**fields)
+    if isinstance(first, dict):
+        return {k: map_context(fn, *(c[k] for c in contexts)) for k in first}
+    if isinstance(first, list | tuple):
+        return type(first)(map_context(fn, *items) for items in zip(*contexts, strict=True))
+    return first

@@ -136,6 +136,11 @@ class PiPolicy(FlowActionModel):
         # latents and log-probs stay fp32.
         self.backbone.set_compute_dtype(getattr(torch, dtype), frozen_vlm=train_expert_only)
 
+    @property
+    def frozen_encoding(self) -> bool:
+        """The prefix (VLM) is frozen unless the whole model trains."""
+        return self.train_expert_only
+
     def set_norm_stats(self, norm_stats: dict[str, dict[str, Sequence[float]]] | None) -> None:
         """Use these state / action statistics (in ``norm_modes``) from now on."""
         self.norm_stats = norm_stats

@@ -1,0 +1,144 @@
+"""The learner's one pass over a train batch: values once (V_old = GAE's values), in
+chunks, and π0's frozen prefix kept per sample and reused by every epoch and minibatch."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import tree
+from ray.rllib.core.columns import Columns
+
+from rllib_pirl.models.pi0 import PiConfig
+from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
+from rllib_pirl.rl_module import LATENTS, LOGP, ROW, STEPS, FlowRLModule
+
+CAMERAS = ["base_camera", "hand_camera"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return train_tiny_tokenizer(str(tmp_path_factory.mktemp("tok") / "tokenizer.model"), ["lift the red cube"])
+
+
+def make_module(tokenizer, variant, exploration="noise", dtype="float32"):
+    image = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
+    obs_space = gym.spaces.Dict(
+        {
+            **{cam: image for cam in CAMERAS},
+            "state": gym.spaces.Box(-1, 1, (8,), np.float32),
+            "task_id": gym.spaces.Box(0, 0, (1,), np.int64),
+        }
+    )
+    model_config = {
+        "model_class": "rllib_pirl.models.pi0:PiPolicy",
+        "model_kwargs": {
+            "pi_config": PiConfig.tiny(variant).to_dict(),
+            "tokenizer": tokenizer,
+            "value_hidden_sizes": [16],
+            "noise_hidden_sizes": [16],
+            "dtype": dtype,
+        },
+        "instructions": ["lift the red cube"],
+        "action_chunk": 4,
+        "num_denoise_steps": 3,
+        "exploration": exploration,
+        "init_seed": 0,
+    }
+    act_space = gym.spaces.Box(-1, 1, (4, 4), np.float32)
+    module = FlowRLModule(observation_space=obs_space, action_space=act_space, model_config=model_config)
+    with torch.no_grad():  # released checkpoints have non-trivial (adaptive) norms
+        for name, p in module.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.3)
+    torch.manual_seed(1)
+    obs = {k: torch.as_tensor(np.stack([s.sample() for _ in range(7)])) for k, s in obs_space.items()}
+    out = module.forward_exploration({Columns.OBS: obs})
+    batch = {Columns.OBS: obs, LATENTS: out[LATENTS], STEPS: out[STEPS], LOGP: out[LOGP]}
+    return module, batch
+
+
+def loss_and_grads(module, minibatch):
+    """Log-probs, values and the gradients of a loss made of both (what the PPO loss uses)."""
+    module.zero_grad(set_to_none=True)
+    out = module.forward_train(minibatch)
+    values = module.compute_values(minibatch, embeddings=out[Columns.EMBEDDINGS])
+    (out[LOGP].sum() + values.square().sum()).backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return out[LOGP].detach(), values.detach(), grads
+
+
+@pytest.mark.parametrize(("variant", "cache"), [("pi0", "device"), ("pi05", "device"), ("pi0", "cpu")])
+def test_cached_prefix_gives_the_losses_and_gradients_of_recomputing_it(tokenizer, variant, cache):
+    module, batch = make_module(tokenizer, variant)
+    module.prepare_train_batch(batch, chunk_size=3, prefix_cache=cache)  # chunks of 3, 3, 1 rows
+    assert module._encodings is not None and torch.equal(batch[ROW], torch.arange(7))
+    rows = torch.tensor([5, 0, 3, 6])  # a shuffled minibatch
+    minibatch = tree.map_structure(lambda x: x[rows], batch)
+    calls = []
+    original = module.model.backbone.prefix
+    module.model.backbone.prefix = lambda *a: calls.append(1) or original(*a)
+    cached = loss_and_grads(module, minibatch)
+    assert not calls  # the prefix did not run again
+    module.release_train_batch()
+    recomputed = loss_and_grads(module, minibatch)
+    assert calls
+    for a, b in zip(cached[:2], recomputed[:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert cached[2].keys() == recomputed[2].keys() and any("gemma_expert" in k for k in cached[2])
+    for name, grad in cached[2].items():
+        torch.testing.assert_close(grad, recomputed[2][name], rtol=1e-5, atol=1e-6)
+
+
+def test_values_are_computed_once_per_train_batch_in_chunks(tokenizer):
+    """V_old and GAE's values: one pass in chunks, equal to the values of the whole batch
+    at once; RLlib's GAE (compute_values on the same batch) gets them without encoding."""
+    module, batch = make_module(tokenizer, "pi0", exploration="sde")
+    with torch.no_grad():
+        whole = module.compute_values(batch)
+    sizes = []
+    original = module.model.encode
+    module.model.encode = lambda obs: sizes.append(len(obs["state"])) or original(obs)
+    values = module.prepare_train_batch(batch, chunk_size=2, prefix_cache="off")
+    assert sizes == [2, 2, 2, 1] and module._encodings is None  # "off": nothing kept
+    torch.testing.assert_close(values, whole, rtol=1e-5, atol=1e-6)
+    assert module.compute_values(batch) is values and sizes == [2, 2, 2, 1]
+    module.compute_values(batch)  # the hand-over happens once
+    assert sizes == [2, 2, 2, 1, 7]
+
+
+def test_prefix_cache_is_validated():
+    from rllib_pirl import FlowSDEConfig
+
+    config = FlowSDEConfig().environment("PointReach").training(prefix_cache="gpu", value_chunk_size=0)
+    with pytest.raises(ValueError, match="prefix_cache must be one of") as error:
+        config.validate()
+    assert "value_chunk_size must be an integer >= 1" in str(error.value)
+
+
+def test_an_update_runs_the_prefix_once_per_sample(tokenizer, ray_session):
+    """Through RLlib: a tiny π0 on ManiSkill rgb, 3 epochs of 2 minibatches: the learner's
+    VLM prefix runs once per train-batch row (the value pass), not 1 + 1 + 3 times."""
+    pytest.importorskip("mani_skill", reason="ManiSkill is not installed: run scripts/setup_maniskill.sh")
+    from conftest import tiny_pi_rl_config
+
+    from rllib_pirl import FlowSDEConfig
+
+    env_config = {"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": 32, "max_episode_steps": 12}
+    config = tiny_pi_rl_config(
+        FlowSDEConfig, "ManiSkill", {**env_config, "instructions": ["lift the red cube"]}, "pi0", tokenizer
+    ).training(num_epochs=3, value_chunk_size=5)
+    algo = config.build_algo()
+    try:
+        module = algo.learner_group._learner.module["default_policy"].unwrapped()
+        rows, prepared = [], []
+        prefix, prepare = module.model.backbone.prefix, module.prepare_train_batch
+        module.model.backbone.prefix = lambda images, *a: rows.append(len(images)) or prefix(images, *a)
+        module.prepare_train_batch = lambda batch, *a: prepared.append(len(batch[Columns.OBS]["state"])) or prepare(
+            batch, *a
+        )
+        result = algo.train()["learners"]["default_policy"]
+        assert result["num_module_steps_trained"] >= 3 * 8
+        assert len(prepared) == 1 and sum(rows) == prepared[0] and max(rows) == 5
+        assert module._encodings is None  # freed after the update
+    finally:
+        algo.stop()
