@@ -19,7 +19,7 @@ from rllib_pirl.errors import UsageError
 
 
 def cmd_train_file(args) -> int:
-    from rllib_pirl.experiments import check_cluster, prepare_experiments, run_experiment
+    from rllib_pirl.experiments import check_cluster, gpu_memory_gib, prepare_experiments, run_experiment
 
     stop = None
     if args.stop is not None:
@@ -29,7 +29,13 @@ def cmd_train_file(args) -> int:
             raise UsageError(f"--stop must be a JSON object, e.g. '{{\"training_iteration\": 5}}': {e}") from None
         if not isinstance(stop, dict):
             raise UsageError("--stop must be a JSON object, e.g. '{\"training_iteration\": 5}'.")
-    experiments = prepare_experiments(args.file, stop)  # everything validated before Tune writes anything
+    gpu_gib = args.gpu_memory if args.gpu_memory is not None else gpu_memory_gib()
+    # everything validated before Tune writes anything
+    experiments = prepare_experiments(args.file, stop, gpu_gib)
+    for experiment in experiments:
+        if experiment.memory_plan is not None:
+            checked = f"fits {gpu_gib:.0f} GiB GPUs" if gpu_gib else "not checked: no GPU here, see --gpu-memory"
+            print(f"{experiment.name}: memory plan per GPU process ({checked})\n{experiment.memory_plan.table()}")
     import ray
 
     connected_before = ray.is_initialized()
@@ -204,6 +210,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--no-resource-check",
         action="store_true",
         help="skip refusing trials the cluster can never hold (for clusters with an autoscaler)",
+    )
+    tf.add_argument(
+        "--gpu-memory",
+        type=float,
+        metavar="GIB",
+        help="check π0 / π0.5 memory plans against GPUs of this many GiB (default: this machine's GPU, if any)",
     )
     tf.set_defaults(func=cmd_train_file)
     ev = sub.add_parser(

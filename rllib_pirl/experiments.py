@@ -245,15 +245,39 @@ class Experiment:
     stop: dict[str, Any] = field(default_factory=dict)
     checkpoint_config: dict[str, Any] = field(default_factory=dict)
     algo_config: Any = None  # the validated AlgorithmConfig (search spaces at their first value)
+    memory_plan: Any = None  # π0 / π0.5 on GPUs: the MemoryPlan of a learner and an env runner
 
     def param_space(self) -> dict[str, Any]:
         """The config as Tune's ``param_space`` (search spaces kept for Tune to expand)."""
         return dict(config_dict_for_rllib(self.config), env=self.env)
 
 
-def prepare_experiments(path: str, stop: dict[str, Any] | None = None) -> list[Experiment]:
+def gpu_memory_gib() -> float | None:
+    """The memory of this machine's first GPU, None without one."""
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+
+
+def check_memory(name: str, algo_config, gpu_gib: float | None):
+    """The memory plan of a π0 / π0.5 run on GPUs (None otherwise); a :class:`UsageError`
+    when it does not fit ``gpu_gib`` (not checked when None)."""
+    from rllib_pirl.memory_plan import check_memory_plan
+
+    if not hasattr(algo_config, "prefix_cache"):  # not a FlowPPO config
+        return None
+    plan, errors = check_memory_plan(algo_config, gpu_gib or float("inf"))
+    if errors:
+        raise UsageError(f"Experiment {name!r}: " + " ".join(errors))
+    return plan
+
+
+def prepare_experiments(
+    path: str, stop: dict[str, Any] | None = None, gpu_gib: float | None = None
+) -> list[Experiment]:
     """Load and validate every experiment of a yaml file (``stop`` replaces their stopping
-    criteria): a :class:`UsageError` before anything runs or is written."""
+    criteria): a :class:`UsageError` before anything runs or is written. π0 / π0.5 runs on
+    GPUs get a memory plan, checked against ``gpu_gib`` GiB GPUs (not checked when None)."""
     if stop is not None and not isinstance(stop, dict):
         raise UsageError(f"stop must be a mapping such as {{'training_iteration': 5}}, got {stop!r}.")
     experiments = []
@@ -277,6 +301,7 @@ def prepare_experiments(path: str, stop: dict[str, Any] | None = None) -> list[E
                 stop=stop if stop is not None else spec.get("stop", {}),
                 checkpoint_config=ckpt,
                 algo_config=algo_config,
+                memory_plan=check_memory(name, algo_config, gpu_gib),
             )
         )
     return experiments

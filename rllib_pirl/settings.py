@@ -94,7 +94,7 @@ class FlowLearnerSettings:
     micro_batch_size: int | None = None
     #: rows per forward of the learner's one no-grad pass over a train batch (V_old and GAE's
     #: values, the cached encodings): bounds that pass's memory
-    value_chunk_size: int = 256
+    value_chunk_size: int = 64
     #: where the learner keeps each sample's frozen encoding (π0's prefix KV cache) between the
     #: epochs and minibatches of an update: "device" (the learner's GPU), "cpu" (host memory,
     #: pinned when there is a GPU; copied per micro-batch) or "off" (recomputed in every forward)

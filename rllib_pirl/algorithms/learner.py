@@ -55,7 +55,7 @@ class AddOldValues(ConnectorV2):
     of ``chunk_size`` rows, keeping the frozen encodings for the update (``prefix_cache``;
     see :meth:`FlowRLModule.prepare_train_batch`)."""
 
-    def __init__(self, *args, chunk_size: int = 256, prefix_cache: str = "device", **kwargs):
+    def __init__(self, *args, chunk_size: int = 64, prefix_cache: str = "device", **kwargs):
         super().__init__(*args, **kwargs)
         self.chunk_size, self.prefix_cache = chunk_size, prefix_cache
 

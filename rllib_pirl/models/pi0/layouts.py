@@ -30,6 +30,7 @@ import shutil
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from rllib_pirl.models.pi0.config import GEMMA_SIZES, GemmaSize, PiConfig, VisionSize
@@ -211,9 +212,8 @@ def _openpi_stats(path: str) -> dict[str, dict[str, list[float]]] | None:
     return {k: v for k, v in data.get("norm_stats", data).items() if k in ("state", "actions")}
 
 
-def read_pretrained(path: str) -> dict[str, Any]:
-    """What a checkpoint folder (or a lone ``model.safetensors``) holds: weights,
-    layout, architecture, statistics, tokenizer, and our own settings if we wrote it."""
+def _checkpoint_files(path: str) -> tuple[str, str, dict[str, Any]]:
+    """(folder, weights file, config.json contents) of a checkpoint folder or lone weights file."""
     folder, weights = (path, os.path.join(path, WEIGHTS)) if os.path.isdir(path) else (os.path.dirname(path), path)
     if not os.path.isfile(weights):
         raise FileNotFoundError(
@@ -224,16 +224,35 @@ def read_pretrained(path: str) -> dict[str, Any]:
     if os.path.isfile(os.path.join(folder, CONFIG)):
         with open(os.path.join(folder, CONFIG)) as f:
             config = json.load(f)
-    tensors = load_file(weights)
+    return folder, weights, config
+
+
+def _architecture(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PiConfig:
     ours = config.get("rllib_pirl", {})
     if "pi_config" in ours:
-        pi_config = PiConfig.from_dict(ours["pi_config"])
-    else:
-        hints = dict(config)
-        for key, size in (("paligemma_variant", "vlm"), ("action_expert_variant", "expert")):
-            if config.get(key) in GEMMA_SIZES:
-                hints.setdefault("num_heads", GEMMA_SIZES[config[key]].num_heads)
-        pi_config = infer_pi_config(tensors, hints)
+        return PiConfig.from_dict(ours["pi_config"])
+    hints = dict(config)
+    for key, size in (("paligemma_variant", "vlm"), ("action_expert_variant", "expert")):
+        if config.get(key) in GEMMA_SIZES:
+            hints.setdefault("num_heads", GEMMA_SIZES[config[key]].num_heads)
+    return infer_pi_config(tensors, hints)
+
+
+def read_architecture(path: str) -> PiConfig:
+    """A checkpoint's architecture without loading its weights (their shapes only)."""
+    _, weights, config = _checkpoint_files(path)
+    with safe_open(weights, "pt") as f:
+        shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
+    return _architecture(config, shapes)
+
+
+def read_pretrained(path: str) -> dict[str, Any]:
+    """What a checkpoint folder (or a lone ``model.safetensors``) holds: weights,
+    layout, architecture, statistics, tokenizer, and our own settings if we wrote it."""
+    folder, weights, config = _checkpoint_files(path)
+    tensors = load_file(weights)
+    ours = config.get("rllib_pirl", {})
+    pi_config = _architecture(config, tensors)
     modes = config.get("normalization_mapping")
     norm_modes = (
         {
