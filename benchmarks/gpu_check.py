@@ -163,7 +163,12 @@ def main(argv=None) -> int:
     only = {name for name in args.only.split(",") if name}
     rows = []
     for variant, algorithm, num_envs in ITERATION_CASES:
-        rows.append((f"{variant}-{algorithm}-{num_envs}", lambda v=variant, a=algorithm, n=num_envs: iteration_row(v, a, n, args.tiny)))
+        rows.append(
+            (
+                f"{variant}-{algorithm}-{num_envs}",
+                lambda v=variant, a=algorithm, n=num_envs: iteration_row(v, a, n, args.tiny),
+            )
+        )
     for obs_mode in ("state", "rgb"):
         rows.append((f"maniskill-{obs_mode}", lambda o=obs_mode: maniskill_row(o, 1 if args.tiny else 320, args.tiny)))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores), tiny"

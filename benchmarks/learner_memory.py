@@ -115,7 +115,9 @@ def measure(variant: str, exploration: str, envs: int, rows: int) -> dict:
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
 
     def update(n):
-        part = {k: (v[:n] if not isinstance(v, dict) else {kk: vv[:n] for kk, vv in v.items()}) for k, v in batch.items()}
+        part = {
+            k: (v[:n] if not isinstance(v, dict) else {kk: vv[:n] for kk, vv in v.items()}) for k, v in batch.items()
+        }
         fwd = module.forward_train(part)
         values = module.compute_values(part, embeddings=fwd[Columns.EMBEDDINGS])
         ratio = torch.exp(fwd[LOGP] - part[LOGP])

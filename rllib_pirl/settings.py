@@ -23,6 +23,7 @@ from rllib_pirl.flow.chain import LOGPROB_REDUCTIONS
 EXPLORATIONS = ("sde", "noise")
 X0_CHOICES = ("zeros", "noise")
 PREFIX_CACHES = ("device", "cpu", "off")
+DTYPES = ("float32", "bfloat16")  # model_kwargs.dtype of π0 / π0.5
 
 
 def _is_int(value, minimum: int) -> bool:

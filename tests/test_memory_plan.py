@@ -101,17 +101,21 @@ def test_a_plan_that_fits_is_printed(tmp_path, capsys):
     (experiment,) = prepare_experiments(write_gpu_yaml(tmp_path, micro_batch_size=16), gpu_gib=80)
     plan = experiment.memory_plan
     assert plan.learner_total < 40 and plan.env_runner_total < 40
-    assert plan.learner["activations"] == pytest.approx(16 / 256 * memory_plan(
-        PiConfig.real("pi0"), RunShape(exploration="noise", micro_batch=256)
-    ).learner["activations"])
+    assert plan.learner["activations"] == pytest.approx(
+        16
+        / 256
+        * memory_plan(PiConfig.real("pi0"), RunShape(exploration="noise", micro_batch=256)).learner["activations"]
+    )
     assert "learner" in plan.table() and "env runner" in plan.table()
 
 
-GPU_EXAMPLES = [
-    path
-    for path in sorted(glob.glob(os.path.join(REPO, "tuned_examples", "*.yaml")))
-    if "num_gpus_per_learner" in open(path).read() and "pretrained: $" in open(path).read()
-]
+def _is_gpu_example(path: str) -> bool:
+    with open(path) as f:
+        text = f.read()
+    return "num_gpus_per_learner" in text and "pretrained: $" in text
+
+
+GPU_EXAMPLES = [p for p in sorted(glob.glob(os.path.join(REPO, "tuned_examples", "*.yaml"))) if _is_gpu_example(p)]
 
 
 def test_there_are_gpu_examples():
@@ -136,3 +140,14 @@ def test_gpu_examples_fit_an_80gb_gpu_by_their_plan(path):
         plan = memory_plan(PiConfig.real(variant), run_shape_of(algo_config))
         shares = algo_config.num_gpus_per_learner, algo_config.num_gpus_per_env_runner
         assert not plan_errors(plan, 80, *shares), plan.table()
+
+
+def test_a_dtype_that_does_not_exist_is_refused_before_ray_starts(tmp_path):
+    from rllib_pirl.experiments import prepare_experiments
+
+    kwargs = {"pi_config": PiConfig.tiny().to_dict(), "tokenizer": TOKENIZER, "dtype": "float16"}
+    path = write_gpu_yaml(
+        tmp_path, model_config={"model_class": "rllib_pirl.models.pi0:PiPolicy", "model_kwargs": kwargs}
+    )
+    with pytest.raises(UsageError, match=r"model_kwargs.dtype must be one of \('float32', 'bfloat16'\)"):
+        prepare_experiments(path)

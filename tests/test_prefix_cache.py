@@ -133,8 +133,8 @@ def test_an_update_runs_the_prefix_once_per_sample(tokenizer, ray_session):
         rows, prepared = [], []
         prefix, prepare = module.model.backbone.prefix, module.prepare_train_batch
         module.model.backbone.prefix = lambda images, *a: rows.append(len(images)) or prefix(images, *a)
-        module.prepare_train_batch = lambda batch, *a: prepared.append(len(batch[Columns.OBS]["state"])) or prepare(
-            batch, *a
+        module.prepare_train_batch = lambda batch, *a: (
+            prepared.append(len(batch[Columns.OBS]["state"])) or prepare(batch, *a)
         )
         result = algo.train()["learners"]["default_policy"]
         assert result["num_module_steps_trained"] >= 3 * 8

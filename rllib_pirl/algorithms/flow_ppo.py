@@ -18,7 +18,7 @@ from ray.rllib.utils.from_config import NotProvided
 
 from rllib_pirl.callbacks import SuccessRateCallback
 from rllib_pirl.env_runner import FlowEnvRunner
-from rllib_pirl.settings import FLOW_CONFIG_KEYS, FlowLearnerSettings, FlowModuleSettings, settings_of
+from rllib_pirl.settings import DTYPES, FLOW_CONFIG_KEYS, FlowLearnerSettings, FlowModuleSettings, settings_of
 
 
 class FlowPPOConfig(PPOConfig):
@@ -75,6 +75,11 @@ class FlowPPOConfig(PPOConfig):
             )
         super().validate()
         errors = self.module_settings().errors() + settings_of(FlowLearnerSettings, self).errors()
+        dtype = (self._model_config.get("model_kwargs") or {}).get("dtype", "float32")
+        if dtype not in DTYPES:
+            errors.append(
+                f"model_kwargs.dtype must be one of {DTYPES} (bfloat16: mixed precision on GPUs), got {dtype!r}."
+            )
         if errors:  # all at once, as the module reports them
             self._value_error(" ".join(errors))
         minibatch = self.minibatch_size or self.train_batch_size_per_learner

@@ -148,10 +148,15 @@ class PaliGemmaWithExpert(nn.Module):
     """``paligemma`` (SigLIP + projector + Gemma 2B) and ``gemma_expert`` (Gemma 300M,
     with adaptive norms for π0.5); module names follow the openpi / lerobot layout."""
 
-    def __init__(self, config: PiConfig):
+    def __init__(self, config: PiConfig, vlm_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.config = config
-        self.paligemma = PaliGemmaModel(paligemma_config(config))
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(vlm_dtype)  # built directly in its dtype: no fp32 copy of a frozen bf16 VLM
+        try:
+            self.paligemma = PaliGemmaModel(paligemma_config(config))
+        finally:
+            torch.set_default_dtype(default)
         expert_config = gemma_config(config.expert, config, vocab_size=1)
         self.gemma_expert = GemmaModel(expert_config)
         self.gemma_expert.embed_tokens = None  # the expert never embeds tokens

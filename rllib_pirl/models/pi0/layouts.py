@@ -88,16 +88,20 @@ class CheckpointMismatch(ValueError):
     """A checkpoint that does not fit the model: lists every difference."""
 
 
-def load_layout_state(model, tensors: dict[str, torch.Tensor], source: str) -> list[str]:
+def load_layout_state(model, tensors: dict[str, torch.Tensor], source: str, read=None) -> list[str]:
     """Load lerobot- or openpi-layout ``tensors`` into ``model`` (RL heads untouched).
 
+    ``tensors`` may be meta tensors (names and shapes) with ``read(name)`` giving each one:
+    they are then read and copied into the model one at a time (converted to the parameter's
+    dtype), so that a process never holds the checkpoint beside the model.
     Raises :class:`CheckpointMismatch` naming the missing and unexpected keys and
     the shapes that differ; returns the released-but-unused keys it skipped."""
+    read = read or tensors.__getitem__
+    origin = {k.removeprefix("model."): k for k in tensors}
     tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
-    if "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight" in tensors:
-        tensors.setdefault(
-            _EMBED, tensors.pop("paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight")
-        )
+    lm_embed = "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
+    if lm_embed in tensors and _EMBED not in tensors:
+        tensors[_EMBED], origin[_EMBED] = tensors.pop(lm_embed), origin.pop(lm_embed)
     skipped = sorted(k for k in tensors if any(p.match(k) for p in UNUSED))
     expected = layout_state(model)
     missing = sorted(k for k in expected if k not in tensors)
@@ -120,13 +124,16 @@ def load_layout_state(model, tensors: dict[str, torch.Tensor], source: str) -> l
             f"  missing ({len(missing)}): {_short(missing)}\n  unexpected ({len(unexpected)}): {_short(unexpected)}\n"
             f"  shapes (checkpoint, model) ({len(shapes)}): {_short([f'{k}: {v}' for k, v in shapes.items()])}"
         )
-    own = {openpi_key(k): k for k in model.state_dict()}
-    state = {own[k]: tensors[k] for k in expected}
-    result = model.load_state_dict(state, strict=False)
+    targets = model.state_dict(keep_vars=True)
+    own = {openpi_key(k): k for k in targets}
     heads = model.rl_head_state_keys()
-    leftover = [k for k in result.missing_keys if k not in heads and "rotary" not in k]
-    if leftover or result.unexpected_keys:
-        raise CheckpointMismatch(f"{source}: internal key mapping incomplete: {leftover} {result.unexpected_keys}")
+    leftover = sorted(set(targets) - {own[k] for k in expected} - heads)
+    leftover = [k for k in leftover if "rotary" not in k]
+    if leftover:
+        raise CheckpointMismatch(f"{source}: internal key mapping incomplete: {leftover}")
+    with torch.no_grad():
+        for k in expected:
+            targets[own[k]].copy_(read(origin[k]))
     return skipped
 
 
@@ -238,19 +245,26 @@ def _architecture(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> P
     return infer_pi_config(tensors, hints)
 
 
+def weight_shapes(weights: str) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file as meta tensors: names and shapes, nothing read."""
+    with safe_open(weights, "pt") as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
+
+
 def read_architecture(path: str) -> PiConfig:
     """A checkpoint's architecture without loading its weights (their shapes only)."""
     _, weights, config = _checkpoint_files(path)
-    with safe_open(weights, "pt") as f:
-        shapes = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
-    return _architecture(config, shapes)
+    return _architecture(config, weight_shapes(weights))
 
 
 def read_pretrained(path: str) -> dict[str, Any]:
-    """What a checkpoint folder (or a lone ``model.safetensors``) holds: weights,
-    layout, architecture, statistics, tokenizer, and our own settings if we wrote it."""
+    """What a checkpoint folder (or a lone ``model.safetensors``) holds: the weights' shapes
+    (``tensors``, meta tensors) and a reader of each (``read``: name → tensor, read from the
+    memory-mapped file when asked), layout, architecture, statistics, tokenizer, and our own
+    settings if we wrote it."""
     folder, weights, config = _checkpoint_files(path)
-    tensors = load_file(weights)
+    tensors = weight_shapes(weights)
+    handle = safe_open(weights, "pt")
     ours = config.get("rllib_pirl", {})
     pi_config = _architecture(config, tensors)
     modes = config.get("normalization_mapping")
@@ -269,6 +283,7 @@ def read_pretrained(path: str) -> dict[str, Any]:
     rl_heads = os.path.join(folder, RL_HEADS)
     return {
         "tensors": tensors,
+        "read": handle.get_tensor,
         "layout": detect_layout(tensors),
         "pi_config": pi_config,
         "norm_stats": _lerobot_stats(folder) or _openpi_stats(folder),
@@ -300,7 +315,7 @@ def load_pretrained(path: str, cls, **kwargs):
     if info["norm_modes"] is not None:
         merged.setdefault("norm_modes", info["norm_modes"])
     model = cls(pi_config=requested or info["pi_config"], **merged)
-    model.skipped_keys = load_layout_state(model, info["tensors"], info["source"])
+    model.skipped_keys = load_layout_state(model, info["tensors"], info["source"], info["read"])
     if info["rl_heads"] is not None:
         heads = {k: v for k, v in info["rl_heads"].items() if k.split(".")[0] in ("value_head", "noise_head")}
         try:

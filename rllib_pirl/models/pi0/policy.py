@@ -38,6 +38,7 @@ from rllib_pirl.models.mlp import mlp
 from rllib_pirl.models.pi0.backbone import PaliGemmaWithExpert, PrefixCache
 from rllib_pirl.models.pi0.config import PiConfig
 from rllib_pirl.models.pi0.inputs import PromptTokenizer, affine_from_stats, discretize_state, resize_with_pad
+from rllib_pirl.settings import DTYPES
 
 
 def time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:
@@ -114,8 +115,11 @@ class PiPolicy(FlowActionModel):
             self.register_buffer("task_tokens", tokens, persistent=False)
             self.register_buffer("task_token_mask", mask, persistent=False)
 
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         width = config.expert.width
-        self.backbone = PaliGemmaWithExpert(config)
+        frozen_bf16 = dtype == "bfloat16" and train_expert_only
+        self.backbone = PaliGemmaWithExpert(config, torch.bfloat16 if frozen_bf16 else torch.float32)
         self.action_in_proj = nn.Linear(config.max_action_dim, width)
         self.action_out_proj = nn.Linear(width, config.max_action_dim)
         if config.variant == "pi0":
@@ -130,8 +134,6 @@ class PiPolicy(FlowActionModel):
         self.noise_head = mlp([width, *noise_hidden_sizes, config.max_action_dim])
         if train_expert_only:
             self.backbone.paligemma.requires_grad_(False)
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         # The transformer may compute in bf16 (mixed precision); the projections, RL heads,
         # latents and log-probs stay fp32.
         self.backbone.set_compute_dtype(getattr(torch, dtype), frozen_vlm=train_expert_only)
