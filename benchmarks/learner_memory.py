@@ -7,12 +7,12 @@ returns large blocks to the OS on free) through the steps of a run:
 
 - weights: after building the module;
 - rollout per env: the peak of one exploration step of ``--envs`` observations (two 224-px
-  cameras), per observation;
-- prefix cache per row and value pass: ``prepare_train_batch`` over ``--rows`` rows in chunks
-  of ``--rows`` (held afterwards per row; peak during it);
+  cameras) minus that of one observation, per added observation;
+- value pass per row: the same for ``prepare_train_batch`` in chunks of ``--rows`` vs 1 row;
+- prefix cache per row: the bytes of the kept prefixes (counted exactly);
 - optimizer: gradients + AdamW moments, held after the first step;
-- activations per sample: the peak of a micro-batch of 2 minus that of 1 (forward_train,
-  values, a PPO-shaped loss, backward, AdamW step).
+- activations per sample: the peak of an update on a micro-batch of 2 minus that of 1
+  (forward_train, values, a PPO-shaped loss, backward, AdamW step).
 
 Then the plan's figures (rllib_pirl.memory_plan) for the same parts, and the plan of every GPU
 tuned example (the real architecture in place of its checkpoint) on 80 GB and 141 GB GPUs.
@@ -69,6 +69,7 @@ def measure(variant: str, exploration: str, envs: int, rows: int) -> dict:
     import torch
     from ray.rllib.core.columns import Columns
 
+    from rllib_pirl.models.base import map_context
     from rllib_pirl.models.pi0 import PiConfig
     from rllib_pirl.rl_module import LATENTS, LOGP, STEPS, FlowRLModule
 
@@ -99,18 +100,24 @@ def measure(variant: str, exploration: str, envs: int, rows: int) -> dict:
     def observations(n):
         return {k: torch.as_tensor(np.stack([s.sample() for _ in range(n)])) for k, s in obs_space.items()}
 
-    held = rss()
-    with PeakRSS() as peak:
-        module.forward_exploration({Columns.OBS: observations(envs)})
-    out["rollout per env"] = (peak.peak - held) / envs / GIB
+    def peak_of(fn) -> int:
+        with PeakRSS() as peak:
+            fn()
+        return peak.peak
+
+    one = peak_of(lambda: module.forward_exploration({Columns.OBS: observations(1)}))
+    many = peak_of(lambda: module.forward_exploration({Columns.OBS: observations(envs)}))
+    out["rollout per env"] = (many - one) / (envs - 1) / GIB
     obs = observations(rows)
     chain = module.forward_exploration({Columns.OBS: obs})
     batch = {Columns.OBS: obs, LATENTS: chain[LATENTS], STEPS: chain[STEPS], LOGP: chain[LOGP]}
-    held = rss()
-    with PeakRSS() as peak:
-        module.prepare_train_batch(batch, chunk_size=rows, prefix_cache="device")
-    out["prefix cache per row"] = (rss() - held) / rows / GIB
-    out["value pass per row"] = (peak.peak - rss()) / rows / GIB
+    one = peak_of(lambda: module.prepare_train_batch(batch, chunk_size=1, prefix_cache="off"))
+    many = peak_of(lambda: module.prepare_train_batch(batch, chunk_size=rows, prefix_cache="off"))
+    out["value pass per row"] = (many - one) / (rows - 1) / GIB
+    module.prepare_train_batch(batch, chunk_size=rows, prefix_cache="device")
+    kept = []
+    map_context(lambda x: kept.append(x.numel() * x.element_size()) or x, module._encodings)
+    out["prefix cache per row"] = sum(kept) / rows / GIB
     trainable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
 
@@ -127,12 +134,10 @@ def measure(variant: str, exploration: str, envs: int, rows: int) -> dict:
         optimizer.zero_grad(set_to_none=False)  # gradients stay allocated, as in the learner
 
     held = rss()
-    with PeakRSS() as one:
-        update(1)
+    update(1)  # allocates the gradients and AdamW's moments
     out["optimizer"] = (rss() - held) / GIB
-    with PeakRSS() as two:
-        update(2)
-    out["activations per sample"] = (two.peak - one.peak) / GIB
+    one, two = peak_of(lambda: update(1)), peak_of(lambda: update(2))
+    out["activations per sample"] = (two - one) / GIB
     out["trainable parameters"] = sum(p.numel() for p in trainable)
     return out
 

@@ -9,6 +9,7 @@ forward + backward per row at the micro-batch size vs the minibatch size (the co
 matrix products on this CPU, which micro-batching cannot avoid).
 
     python benchmarks/micro_batch_speed.py [--hidden 256,256,256] [--batch 512] [--minibatch 128] [--micro 32]
+    python benchmarks/micro_batch_speed.py --model pi0 [--depth 1] [--image 56] --batch 128 --rounds 3
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from rllib_pirl import FlowNoiseConfig, FlowSDEConfig
 
 
 def build(cls, args, micro):
+    if args.model == "pi0":
+        return build_pi0(cls, args, micro)
     hidden = [int(h) for h in args.hidden.split(",")]
     return (
         cls()
@@ -37,6 +40,35 @@ def build(cls, args, micro):
         )
         .env_runners(num_env_runners=0, num_envs_per_env_runner=8)
         .rl_module(model_config={"model_kwargs": {"hidden_sizes": hidden, "value_hidden_sizes": hidden[:2]}})
+        .debugging(seed=0)
+        .build_algo()
+    )
+
+
+def build_pi0(cls, args, micro):
+    """π0 at its real widths, ``--depth`` Gemma layers, on ManiSkill PickCube with two cameras of
+    ``--image`` px (small: the prefix, computed once per train batch and kept, stays cheap; the
+    expert's per-sample work — what micro-batching splits — keeps its real size)."""
+    from prefix_cache_speed import TOKENIZER_PATH, reduced_depth_pi0
+
+    return (
+        cls()
+        .environment("ManiSkill", env_config={"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": args.image})
+        .training(
+            action_chunk=5,
+            train_batch_size_per_learner=args.batch,
+            minibatch_size=args.minibatch,
+            num_epochs=1,
+            micro_batch_size=micro,
+        )
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+        .rl_module(
+            model_config={
+                "model_class": "rllib_pirl.models.pi0:PiPolicy",
+                "model_kwargs": {"pi_config": reduced_depth_pi0(args.depth, 1), "tokenizer": TOKENIZER_PATH},
+                "init_seed": 0,
+            }
+        )
         .debugging(seed=0)
         .build_algo()
     )
@@ -66,6 +98,9 @@ def plain_torch_ratio(hidden: list[int], minibatch: int, micro: int, rounds: int
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algorithm", default="FlowNoise", choices=["FlowSDE", "FlowNoise"])
+    p.add_argument("--model", default="mlp", choices=["mlp", "pi0"], help="state MLP on PointReach, or π0 widths")
+    p.add_argument("--depth", type=int, default=1, help="π0: Gemma layers")
+    p.add_argument("--image", type=int, default=56, help="π0: camera size")
     p.add_argument("--hidden", default="256,256,256")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--minibatch", type=int, default=128)
@@ -85,12 +120,15 @@ def main():
                 if r:  # round 0 warms up
                     times[name].append(t)
         ratio = statistics.median(m / w for m, w in zip(times["micro"], times["whole"], strict=True))
+        model = f"π0 real widths, depth {args.depth}" if args.model == "pi0" else f"MLP {args.hidden}"
         print(
-            f"{args.algorithm}, MLP {args.hidden}, {samples} samples, minibatch {args.minibatch}: "
+            f"{args.algorithm}, {model}, {samples} samples, minibatch {args.minibatch}: "
             f"whole {1e6 * statistics.median(times['whole']) / samples:.0f} µs/sample, micro-batches of "
             f"{args.micro} {1e6 * statistics.median(times['micro']) / samples:.0f} µs/sample; "
             f"micro / whole = {ratio:.3f} (median of {args.rounds} interleaved rounds)"
         )
+        if args.model == "pi0":
+            return 0
         hidden = [int(h) for h in args.hidden.split(",")]
         print(
             f"plain torch MLP {args.hidden}, forward + backward per row, batch {args.micro} / batch {args.minibatch} = "

@@ -28,6 +28,7 @@ from rllib_pirl.models.pi0 import PiConfig
 from rllib_pirl.models.pi0.config import GEMMA_SIZES, VisionSize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER_PATH = os.path.join(REPO, "checkpoints", "tiny_tokenizer.model")
 
 
 def reduced_depth_pi0(depth: int, vision_depth: int) -> dict:
@@ -54,7 +55,7 @@ def build(args, prefix_cache: str):
                 "model_class": "rllib_pirl.models.pi0:PiPolicy",
                 "model_kwargs": {
                     "pi_config": reduced_depth_pi0(args.depth, args.vision_depth),
-                    "tokenizer": os.path.join(REPO, "checkpoints", "tiny_tokenizer.model"),
+                    "tokenizer": TOKENIZER_PATH,
                 },
                 "init_seed": 0,
             }

@@ -115,30 +115,48 @@ def test_prefix_cache_is_validated():
     assert "value_chunk_size must be an integer >= 1" in str(error.value)
 
 
-def test_an_update_runs_the_prefix_once_per_sample(tokenizer, ray_session):
-    """Through RLlib: a tiny π0 on ManiSkill rgb, 3 epochs of 2 minibatches: the learner's
-    VLM prefix runs once per train-batch row (the value pass), not 1 + 1 + 3 times."""
-    pytest.importorskip("mani_skill", reason="ManiSkill is not installed: run scripts/setup_maniskill.sh")
-    from conftest import tiny_pi_rl_config
+def one_iteration(tokenizer, prefix_cache):
+    """One iteration of a tiny π0 on ManiSkill rgb (3 epochs of 2 minibatches): the rows the
+    learner's VLM prefix ran on, the rows of its value pass, and the learner's weights after."""
+    from conftest import learner_states, tiny_pi_rl_config
 
     from rllib_pirl import FlowSDEConfig
 
     env_config = {"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": 32, "max_episode_steps": 12}
     config = tiny_pi_rl_config(
         FlowSDEConfig, "ManiSkill", {**env_config, "instructions": ["lift the red cube"]}, "pi0", tokenizer
-    ).training(num_epochs=3, value_chunk_size=5)
+    ).training(num_epochs=3, value_chunk_size=5, prefix_cache=prefix_cache)
     algo = config.build_algo()
     try:
         module = algo.learner_group._learner.module["default_policy"].unwrapped()
         rows, prepared = [], []
         prefix, prepare = module.model.backbone.prefix, module.prepare_train_batch
-        module.model.backbone.prefix = lambda images, *a: rows.append(len(images)) or prefix(images, *a)
-        module.prepare_train_batch = lambda batch, *a: (
-            prepared.append(len(batch[Columns.OBS]["state"])) or prepare(batch, *a)
-        )
+
+        def counted_prefix(images, *args):
+            rows.append(len(images))
+            return prefix(images, *args)
+
+        def counted_prepare(batch, *args):
+            prepared.append(len(batch[Columns.OBS]["state"]))
+            return prepare(batch, *args)
+
+        module.model.backbone.prefix, module.prepare_train_batch = counted_prefix, counted_prepare
         result = algo.train()["learners"]["default_policy"]
         assert result["num_module_steps_trained"] >= 3 * 8
-        assert len(prepared) == 1 and sum(rows) == prepared[0] and max(rows) == 5
         assert module._encodings is None  # freed after the update
+        return rows, prepared, learner_states(algo)[0]
     finally:
         algo.stop()
+
+
+def test_an_update_runs_the_prefix_once_per_sample_and_learns_the_same(tokenizer, ray_session):
+    """Through RLlib (its shuffles and minibatches): with the prefix kept, the learner's VLM
+    prefix runs once per train-batch row (the value pass, in chunks), not 1 + 3 epochs times,
+    and the update ends at the same weights as recomputing it."""
+    pytest.importorskip("mani_skill", reason="ManiSkill is not installed: run scripts/setup_maniskill.sh")
+    rows, prepared, cached = one_iteration(tokenizer, "device")
+    assert len(prepared) == 1 and sum(rows) == prepared[0] and max(rows) == 5
+    rows, prepared, recomputed = one_iteration(tokenizer, "off")
+    assert sum(rows) >= 4 * prepared[0]  # the value pass (handed to GAE) + 3 epochs (RLlib's minibatches wrap)
+    diff = max(float((cached[k] - recomputed[k]).abs().max()) for k in cached)
+    assert diff <= 1e-5, diff
