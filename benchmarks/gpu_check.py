@@ -5,7 +5,8 @@ For the first session that is lent a GPU (one H100/H200, 16 CPU cores, ≤ 8 min
 - ``iteration``: real-size π0 / π0.5 (random weights, bf16 mixed precision, frozen VLM, the
   tiny tokenizer: the vocabulary stays real), Flow-SDE and Flow-Noise, one learner and one
   env runner sharing the GPU as in ``tuned_examples/pi0_maniskill_1gpu.yaml``, PickCube rgb
-  224 px with 64 envs (and 320 for π0 Flow-SDE): the second of two iterations — peak GPU
+  224 px with 64 envs (and 320 for π0 Flow-SDE; π0.5 Flow-Noise only with ``--only``
+  pi05-noise-64): the second of two iterations — peak GPU
   memory of the learner and of the env runner, learner samples/s, rollout env steps/s
   (policy steps × chunk), build time;
 - ``maniskill``: ManiSkill's GPU backend alone with 320 envs (state, rgb): env steps/s with
@@ -13,7 +14,7 @@ For the first session that is lent a GPU (one H100/H200, 16 CPU cores, ≤ 8 min
 
 ``--tiny`` runs the same code at CPU-test size (tiny π0, 32 px, ManiSkill's CPU backend with
 one env per runner, peak RSS instead of GPU memory): that is how it is tested. A row that
-fails prints its error and the table goes on.
+fails prints its error and the table goes on; no row starts after ``--budget-s`` seconds.
 
     source .vulkan/env.sh   # CPU only
     python benchmarks/gpu_check.py [--tiny] [--only pi0-sde-64,maniskill]
@@ -22,6 +23,7 @@ fails prints its error and the table goes on.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -38,12 +40,12 @@ from rllib_pirl.models.pi0 import PiConfig
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(REPO, "checkpoints", "tiny_tokenizer.model")
 CHUNK = 5
-ITERATION_CASES = [
-    ("pi0", "sde", 64),
-    ("pi0", "noise", 64),
-    ("pi05", "sde", 64),
-    ("pi05", "noise", 64),
-    ("pi0", "sde", 320),
+ITERATION_CASES = [  # (variant, algorithm, envs, in the default set)
+    ("pi0", "sde", 64, True),
+    ("pi0", "noise", 64, True),
+    ("pi05", "sde", 64, True),
+    ("pi05", "noise", 64, False),
+    ("pi0", "sde", 320, True),
 ]
 
 
@@ -156,28 +158,34 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU-test size (tiny π0, ManiSkill CPU backend)")
     p.add_argument("--only", default="", help="comma-separated row names (e.g. pi0-sde-64,maniskill-state)")
+    p.add_argument("--budget-s", type=float, default=420, help="start no row after this many seconds (default 420)")
     args = p.parse_args(argv)
     if not args.tiny and not torch.cuda.is_available():
         p.error("no GPU here: run with --tiny for the CPU-size check")
     torch.set_num_threads(1 if args.tiny else 4)
     only = {name for name in args.only.split(",") if name}
     rows = []
-    for variant, algorithm, num_envs in ITERATION_CASES:
+    for variant, algorithm, num_envs, default in ITERATION_CASES:
+        run = functools.partial(iteration_row, variant, algorithm, num_envs, args.tiny)
+        rows.append((f"{variant}-{algorithm}-{num_envs}", run, default))
+    for obs_mode in ("state", "rgb"):
         rows.append(
             (
-                f"{variant}-{algorithm}-{num_envs}",
-                lambda v=variant, a=algorithm, n=num_envs: iteration_row(v, a, n, args.tiny),
+                f"maniskill-{obs_mode}",
+                functools.partial(maniskill_row, obs_mode, 1 if args.tiny else 320, args.tiny),
+                True,
             )
         )
-    for obs_mode in ("state", "rgb"):
-        rows.append((f"maniskill-{obs_mode}", lambda o=obs_mode: maniskill_row(o, 1 if args.tiny else 320, args.tiny)))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores), tiny"
     print(f"# gpu_check on {device}, torch {torch.__version__}, ray {ray.__version__}", flush=True)
-    failures = 0
+    failures, begin = 0, time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
-        for name, run in rows:
-            if only and name not in only:
+        for name, run, default in rows:
+            if (only and name not in only) or (not only and not default):
+                continue
+            if time.perf_counter() - begin > args.budget_s:
+                print(f"| {name} | skipped: past the --budget-s of {args.budget_s:.0f} s |", flush=True)
                 continue
             start = time.perf_counter()
             try:

@@ -12,13 +12,15 @@ returns large blocks to the OS on free) through the steps of a run:
 - prefix cache per row: the bytes of the kept prefixes (counted exactly);
 - optimizer: gradients + AdamW moments, held after the first step;
 - activations per sample: the peak of an update on a micro-batch of 2 minus that of 1
-  (forward_train, values, a PPO-shaped loss, backward, AdamW step).
+  (forward_train, values, a PPO-shaped loss, backward, AdamW step); and, counted exactly, the
+  bytes autograd saves for backward (the RSS polling can miss short-lived peaks).
 
 Then the plan's figures (rllib_pirl.memory_plan) for the same parts, and the plan of every GPU
 tuned example (the real architecture in place of its checkpoint) on 80 GB and 141 GB GPUs.
 
     python benchmarks/learner_memory.py [--variants pi0,pi05] [--explorations sde,noise]
     python benchmarks/learner_memory.py --plans-only
+    python benchmarks/learner_memory.py --child pi0,noise --activations-only [--dtype float32 --kernel math]
 """
 
 from __future__ import annotations
@@ -62,14 +64,18 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(variant: str, exploration: str, envs: int, rows: int) -> dict:
-    """The measured parts, in GiB (runs in its own process)."""
+def measure(
+    variant: str, exploration: str, envs: int, rows: int, dtype="bfloat16", kernel="auto", activations_only=False
+) -> dict:
+    """The measured parts, in GiB (runs in its own process). ``activations_only``: only the
+    activations per sample (runs on older versions of the package too, for a before/after);
+    ``kernel: math`` forces SDPA's math kernel (what CUDA fell back to before the fused
+    attention)."""
     import gymnasium as gym
     import numpy as np
     import torch
     from ray.rllib.core.columns import Columns
 
-    from rllib_pirl.models.base import map_context
     from rllib_pirl.models.pi0 import PiConfig
     from rllib_pirl.rl_module import LATENTS, LOGP, STEPS, FlowRLModule
 
@@ -85,7 +91,7 @@ def measure(variant: str, exploration: str, envs: int, rows: int) -> dict:
     )
     model_config = {
         "model_class": "rllib_pirl.models.pi0:PiPolicy",
-        "model_kwargs": {"pi_config": PiConfig.real(variant).to_dict(), "tokenizer": TOKENIZER, "dtype": "bfloat16"},
+        "model_kwargs": {"pi_config": PiConfig.real(variant).to_dict(), "tokenizer": TOKENIZER, "dtype": dtype},
         "instructions": ["pick up the cube"],
         "action_chunk": 5,
         "exploration": exploration,
@@ -105,6 +111,13 @@ def measure(variant: str, exploration: str, envs: int, rows: int) -> dict:
             fn()
         return peak.peak
 
+    if activations_only:
+        obs = observations(2)
+        chain = module.forward_exploration({Columns.OBS: obs})
+        batch = {Columns.OBS: obs, LATENTS: chain[LATENTS], STEPS: chain[STEPS], LOGP: chain[LOGP]}
+        return update_memory(module, batch, kernel)
+    from rllib_pirl.models.base import map_context
+
     one = peak_of(lambda: module.forward_exploration({Columns.OBS: observations(1)}))
     many = peak_of(lambda: module.forward_exploration({Columns.OBS: observations(envs)}))
     out["rollout per env"] = (many - one) / (envs - 1) / GIB
@@ -118,28 +131,66 @@ def measure(variant: str, exploration: str, envs: int, rows: int) -> dict:
     kept = []
     map_context(lambda x: kept.append(x.numel() * x.element_size()) or x, module._encodings)
     out["prefix cache per row"] = sum(kept) / rows / GIB
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-6)
+    out.update(update_memory(module, batch, kernel))
+    return out
+
+
+def peak_of(fn) -> int:
+    with PeakRSS() as peak:
+        fn()
+    return peak.peak
+
+
+def update_memory(module, batch, kernel: str) -> dict:
+    """``optimizer``: what the first update leaves allocated (gradients, AdamW's moments);
+    ``activations per sample``: the peak of an update on a micro-batch of 2 minus that of 1;
+    ``saved for backward per sample``: the same for the tensors autograd keeps (counted exactly,
+    each storage once, parameters not) (GiB)."""
+    import contextlib
+
+    import torch
+    from ray.rllib.core.columns import Columns
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from rllib_pirl.rl_module import LOGP
+
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-6)
+
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {}
+
+    def pack(t):  # what autograd keeps for backward: each storage once, parameters not counted
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
 
     def update(n):
         part = {
             k: (v[:n] if not isinstance(v, dict) else {kk: vv[:n] for kk, vv in v.items()}) for k, v in batch.items()
         }
-        fwd = module.forward_train(part)
-        values = module.compute_values(part, embeddings=fwd[Columns.EMBEDDINGS])
-        ratio = torch.exp(fwd[LOGP] - part[LOGP])
-        loss = -(ratio.mean(1) * torch.ones(n)).mean() + values.square().mean()
-        loss.backward()
+        saved.clear()
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        with hooks, sdpa_kernel([SDPBackend.MATH]) if kernel == "math" else contextlib.nullcontext():
+            fwd = module.forward_train(part)
+            values = module.compute_values(part, embeddings=fwd[Columns.EMBEDDINGS])
+            ratio = torch.exp(fwd[LOGP] - part[LOGP])
+            loss = -(ratio.mean(1) * torch.ones(n)).mean() + values.square().mean()
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)  # gradients stay allocated, as in the learner
 
     held = rss()
-    update(1)  # allocates the gradients and AdamW's moments
-    out["optimizer"] = (rss() - held) / GIB
-    one, two = peak_of(lambda: update(1)), peak_of(lambda: update(2))
-    out["activations per sample"] = (two - one) / GIB
-    out["trainable parameters"] = sum(p.numel() for p in trainable)
-    return out
+    update(1)
+    optimizer_gib = (rss() - held) / GIB
+    peak_one = peak_of(lambda: update(1))
+    saved_one = sum(saved.values())
+    peak_two = peak_of(lambda: update(2))
+    return {
+        "optimizer": optimizer_gib,
+        "activations per sample": (peak_two - peak_one) / GIB,
+        "saved for backward per sample": (sum(saved.values()) - saved_one) / GIB,
+    }
 
 
 def planned(variant: str, exploration: str) -> dict:
@@ -198,11 +249,15 @@ def main():
     p.add_argument("--envs", type=int, default=2)
     p.add_argument("--rows", type=int, default=3)
     p.add_argument("--plans-only", action="store_true")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child", help="measure one 'variant,exploration' in this process (prints JSON)")
+    p.add_argument("--dtype", default="bfloat16", help="--child: the model's dtype")
+    p.add_argument("--kernel", default="auto", choices=["auto", "math"], help="--child: SDPA kernel of the update")
+    p.add_argument("--activations-only", action="store_true", help="--child: the update's memory only")
     args = p.parse_args()
     if args.child:
         variant, exploration = args.child.split(",")
-        print(json.dumps(measure(variant, exploration, args.envs, args.rows)))
+        figures = measure(variant, exploration, args.envs, args.rows, args.dtype, args.kernel, args.activations_only)
+        print(json.dumps(figures))
         return 0
     if not args.plans_only:
         print("| model | part | measured GiB | plan GiB |")
@@ -220,6 +275,8 @@ def main():
                 name = f"{variant} Flow-{'SDE' if exploration == 'sde' else 'Noise'}"
                 for part, gib in plan.items():
                     print(f"| {name} | {part} | {measured[part]:.3f} | {gib:.3f} |", flush=True)
+                saved = measured["saved for backward per sample"]
+                print(f"| {name} | saved for backward per sample | {saved:.3f} | |", flush=True)
                 print(f"({name}: {time.perf_counter() - start:.0f} s)", flush=True)
     print("\nGPU tuned examples (real architecture):")
     for line in yaml_plans():
