@@ -78,21 +78,23 @@ def write_gpu_yaml(tmp_path, **config):
     return str(path)
 
 
-def test_a_plan_that_does_not_fit_is_refused_before_ray_starts(tmp_path):
-    import ray
-
+def test_a_plan_that_does_not_fit_is_refused_before_ray_starts(tmp_path, monkeypatch):
+    import rllib_pirl.experiments
     from rllib_pirl.cli import main
+    from rllib_pirl.experiments import prepare_experiments
 
     path = write_gpu_yaml(tmp_path)
     with pytest.raises(UsageError) as error:
-        from rllib_pirl.experiments import prepare_experiments
-
         prepare_experiments(path, gpu_gib=80)
     message = str(error.value)
     assert "'big'" in message and "learner needs" in message and "GiB too much" in message
     assert "activations" in message and "lower micro_batch_size" in message
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the CLI went on to join a Ray cluster")
+
+    monkeypatch.setattr(rllib_pirl.experiments, "check_cluster", refuse)
     assert main(["train", "file", path, "--gpu-memory", "80"]) == 2
-    assert not ray.is_initialized()
 
 
 def test_a_plan_that_fits_is_printed(tmp_path, capsys):
