@@ -15,6 +15,7 @@ matrix products on this CPU, which micro-batching cannot avoid).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -107,7 +108,7 @@ def main():
     p.add_argument("--micro", type=int, default=32)
     p.add_argument("--rounds", type=int, default=11)
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(os.cpu_count() if args.model == "pi0" else 1)
     cls = {"FlowSDE": FlowSDEConfig, "FlowNoise": FlowNoiseConfig}[args.algorithm]
     whole, micro = build(cls, args, None), build(cls, args, args.micro)
     try:

@@ -81,3 +81,23 @@ def test_chunked_gym_env_wraps_any_gymnasium_id():
     assert reward < 0
     with pytest.raises(ValueError, match="Unknown gymnasium env id"):
         make_chunked_gym_env({"id": "NoSuchEnv-v0"})
+
+
+def test_a_bare_gymnasium_id_trains_as_chunked_gym(ray_session):
+    """`env: Pendulum-v1` (README: any gymnasium id works): runs in chunks, its env_config
+    passed to gymnasium.make (it used to crash on the `action_chunk` keyword)."""
+    from conftest import tiny_config
+
+    from rllib_pirl import FlowSDEConfig
+
+    config = tiny_config(FlowSDEConfig, train_batch_size_per_learner=32, minibatch_size=32)
+    config = config.environment("Pendulum-v1", env_config={"g": 9.0})
+    algo = config.build_algo()
+    try:
+        assert algo.config.env == "ChunkedGym"
+        assert algo.config.env_config == {"id": "Pendulum-v1", "kwargs": {"g": 9.0}, "action_chunk": 4}
+        result = algo.train()
+        assert result["learners"]["default_policy"]["num_module_steps_trained"] > 0
+        assert algo.env_runner.env.unwrapped.envs[0].unwrapped.g == 9.0
+    finally:
+        algo.stop()

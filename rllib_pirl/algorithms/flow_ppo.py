@@ -94,8 +94,12 @@ class FlowPPOConfig(PPOConfig):
             # runners): frozen weights that no checkpoint gives are then equal everywhere.
             seed = self.seed if self.seed is not None else secrets.randbelow(2**31)
             self._model_config = dict(self._model_config, init_seed=seed)
-        from rllib_pirl.envs import ENVS
+        from rllib_pirl.envs import ENVS, chunked_gym_config
 
+        if not self._is_frozen:
+            chunked = chunked_gym_config(self.env, self.env_config)
+            if chunked is not None:  # a bare gymnasium id: its env executes chunks
+                self.env, self.env_config = "ChunkedGym", chunked
         entry = ENVS.get(self.env) if isinstance(self.env, str) else None
         if entry is not None and not self._is_frozen:
             if entry.instructions is not None and "instructions" not in self._model_config:

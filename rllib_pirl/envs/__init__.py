@@ -26,6 +26,19 @@ def make_chunked_gym_env(env_config) -> gym.Env:
     return ActionChunkWrapper(gym.make(env_id, **config.get("kwargs", {})), int(config.get("action_chunk", 1)))
 
 
+def chunked_gym_config(env, env_config) -> dict | None:
+    """For a bare gymnasium id (registered with gymnasium, not with Ray Tune), the env_config
+    of ``ChunkedGym`` that runs it in chunks (its own env_config becomes ``kwargs`` of
+    ``gymnasium.make``); None for any other env."""
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    if not isinstance(env, str) or env not in gym.registry or _global_registry.contains(ENV_CREATOR, env):
+        return None
+    config = dict(env_config or {})
+    chunk = config.pop("action_chunk", None)
+    return {"id": env, "kwargs": config, **({"action_chunk": chunk} if chunk is not None else {})}
+
+
 def make_point_reach(env_config) -> gym.Env:
     """Env creator of the registered ``PointReach`` env (chunked PointReach-v0)."""
     config = dict(env_config or {})
