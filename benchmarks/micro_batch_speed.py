@@ -48,8 +48,9 @@ def build(cls, args, micro):
 
 def build_pi0(cls, args, micro):
     """π0 at its real widths, ``--depth`` Gemma layers, on ManiSkill PickCube with two cameras of
-    ``--image`` px (small: the prefix, computed once per train batch and kept, stays cheap; the
-    expert's per-sample work — what micro-batching splits — keeps its real size)."""
+    ``--image`` px, the model's image size too (small: the prefix, computed once per train batch
+    and kept, stays short; the expert's per-sample work — what micro-batching splits — keeps its
+    real size)."""
     from prefix_cache_speed import TOKENIZER_PATH, reduced_depth_pi0
 
     return (
@@ -66,7 +67,10 @@ def build_pi0(cls, args, micro):
         .rl_module(
             model_config={
                 "model_class": "rllib_pirl.models.pi0:PiPolicy",
-                "model_kwargs": {"pi_config": reduced_depth_pi0(args.depth, 1), "tokenizer": TOKENIZER_PATH},
+                "model_kwargs": {
+                    "pi_config": reduced_depth_pi0(args.depth, 1, args.image),
+                    "tokenizer": TOKENIZER_PATH,
+                },
                 "init_seed": 0,
             }
         )

@@ -31,10 +31,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER_PATH = os.path.join(REPO, "checkpoints", "tiny_tokenizer.model")
 
 
-def reduced_depth_pi0(depth: int, vision_depth: int) -> dict:
-    """π0's real widths with ``depth`` Gemma layers and ``vision_depth`` SigLIP layers."""
+def reduced_depth_pi0(depth: int, vision_depth: int, image_size: int = 224) -> dict:
+    """π0's real widths with ``depth`` Gemma layers and ``vision_depth`` SigLIP layers (and
+    ``image_size`` px images: 224 gives the real prefix of 256 tokens per camera)."""
     vlm, expert = (vars(GEMMA_SIZES[name]) | {"depth": depth} for name in ("gemma_2b", "gemma_300m"))
-    return PiConfig(vlm=vlm, expert=expert, vision=VisionSize(depth=vision_depth), vocab_size=512).to_dict()
+    vision = VisionSize(depth=vision_depth, image_size=image_size)
+    return PiConfig(vlm=vlm, expert=expert, vision=vision, vocab_size=512).to_dict()
 
 
 def build(args, prefix_cache: str):
