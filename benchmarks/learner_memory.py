@@ -214,8 +214,7 @@ def yaml_plans() -> list[str]:
     """The plan of every GPU tuned example, the real architecture in place of its checkpoint."""
     import yaml
 
-    from rllib_pirl.experiments import build_config, resolve_algorithm
-    from rllib_pirl.memory_plan import memory_plan, plan_errors, run_shape_of
+    from rllib_pirl.memory_plan import plan_errors, plan_with_architecture
     from rllib_pirl.models.pi0 import PiConfig
 
     lines = []
@@ -223,16 +222,12 @@ def yaml_plans() -> list[str]:
         with open(path) as f:
             experiments = yaml.safe_load(f)
         for name, spec in experiments.items():
-            config = json.loads(json.dumps(spec.get("config", {})))
+            config = spec.get("config", {})
             kwargs = (config.get("model_config") or {}).get("model_kwargs") or {}
             if "pretrained" not in kwargs or not config.get("num_gpus_per_learner"):
                 continue
             variant = "pi05" if "pi05" in os.path.basename(path) else "pi0"
-            kwargs.pop("pretrained")
-            kwargs.update(pi_config=PiConfig.real(variant).to_dict(), tokenizer=TOKENIZER)
-            algo_config = build_config(resolve_algorithm(spec["run"]), spec["env"], config, name)
-            plan = memory_plan(PiConfig.real(variant), run_shape_of(algo_config))
-            shares = algo_config.num_gpus_per_learner, algo_config.num_gpus_per_env_runner
+            plan, shares = plan_with_architecture(name, spec, PiConfig.real(variant), TOKENIZER)
             fits = {gib: not plan_errors(plan, gib, *shares) for gib in (80, 141)}
             lines.append(
                 f"| {os.path.basename(path)} | learner {plan.learner_total:.1f} GiB (share {shares[0]}), env runner "

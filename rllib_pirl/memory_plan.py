@@ -220,3 +220,20 @@ def check_memory_plan(algo_config, gpu_gib: float) -> tuple[MemoryPlan | None, l
         return None, []
     plan = memory_plan(config, run_shape_of(algo_config))
     return plan, plan_errors(plan, gpu_gib, learner_share, runner_share)
+
+
+def plan_with_architecture(name: str, spec: dict, config: PiConfig, tokenizer: str):
+    """The plan of a yaml experiment ``spec`` with ``config`` (e.g. the released π0) built in
+    place of its ``pretrained`` checkpoint — to plan a run before the checkpoint is at hand:
+    ``(plan, (num_gpus_per_learner, num_gpus_per_env_runner))``."""
+    import copy
+
+    from rllib_pirl.experiments import build_config, resolve_algorithm
+
+    run_config = copy.deepcopy(spec.get("config", {}))
+    kwargs = run_config["model_config"]["model_kwargs"]
+    kwargs.pop("pretrained")
+    kwargs.update(pi_config=config.to_dict(), tokenizer=tokenizer)
+    algo_config = build_config(resolve_algorithm(spec["run"]), spec["env"], run_config, name)
+    shares = algo_config.num_gpus_per_learner, algo_config.num_gpus_per_env_runner
+    return memory_plan(config, run_shape_of(algo_config)), shares

@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import tree
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
@@ -118,7 +119,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
     @torch.no_grad()
     def _forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         context = self.model.encode(batch[Columns.OBS])
-        b = _batch_size(batch[Columns.OBS])
+        b = num_rows(batch[Columns.OBS])
         chain = sample_chain(
             self._velocity_fn(context), self._x0(b, self.inference_x0 == "zeros"), self.num_denoise_steps
         )
@@ -127,7 +128,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
     @torch.no_grad()
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         context = self.model.encode(batch[Columns.OBS])
-        b = _batch_size(batch[Columns.OBS])
+        b = num_rows(batch[Columns.OBS])
         chain = sample_chain(
             self._velocity_fn(context),
             self._x0(b, self.exploration_x0 == "zeros"),
@@ -175,11 +176,11 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         epoch and minibatch of the update reuses it instead of recomputing it. Rows are
         numbered in ``batch[ROW]``, which travels with them through RLlib's shuffles."""
         obs = batch[Columns.OBS]
-        n = _batch_size(obs)
+        n = num_rows(obs)
         keep = prefix_cache != "off" and self.model.frozen_encoding
         values, encodings = [], []
         for start in range(0, n, chunk_size):
-            context = self.model.encode(_take(obs, slice(start, start + chunk_size)))
+            context = self.model.encode(rows_of(obs, start, start + chunk_size))
             values.append(self.model.value(context).float())
             if keep:
                 encodings.append(map_context(_host_copy, context) if prefix_cache == "cpu" else context)
@@ -253,13 +254,6 @@ def frozen_fingerprint(model: torch.nn.Module) -> np.ndarray:
     return np.asarray(sums, np.float32)
 
 
-def _take(obs, rows):
-    """Rows of a (possibly nested dict) observation batch."""
-    if isinstance(obs, dict):
-        return {k: _take(v, rows) for k, v in obs.items()}
-    return obs[rows]
-
-
 def _first_tensor(context) -> torch.Tensor:
     found = []
     map_context(lambda x: found.append(x) or x, context)
@@ -272,8 +266,11 @@ def _host_copy(x: torch.Tensor) -> torch.Tensor:
     return x.pin_memory() if torch.cuda.is_available() else x
 
 
-def _batch_size(obs) -> int:
-    """Batch size of a (possibly nested dict) observation batch."""
-    if isinstance(obs, dict):
-        return _batch_size(next(iter(obs.values())))
-    return obs.shape[0]
+def num_rows(batch) -> int:
+    """Rows of a (possibly nested dict) batch or observation batch."""
+    return len(tree.flatten(batch)[0])
+
+
+def rows_of(batch, start: int, stop: int):
+    """Rows ``start:stop`` of every column (nested observation dicts included)."""
+    return tree.map_structure(lambda x: x[start:stop], batch)

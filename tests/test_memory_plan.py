@@ -2,7 +2,6 @@
 and the GPU tuned examples' plans."""
 
 import glob
-import json
 import os
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 import yaml
 
 from rllib_pirl.errors import UsageError
-from rllib_pirl.memory_plan import RunShape, memory_plan, parameter_counts, plan_errors, run_shape_of
+from rllib_pirl.memory_plan import RunShape, memory_plan, parameter_counts, plan_errors
 from rllib_pirl.models.pi0 import PiConfig, PiPolicy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,19 +127,13 @@ def test_there_are_gpu_examples():
 def test_gpu_examples_fit_an_80gb_gpu_by_their_plan(path):
     """Each GPU tuned example, with the real architecture in place of its checkpoint, fits
     the 80 GB GPUs it is written for (H100 / A100-80G)."""
-    from rllib_pirl.experiments import build_config, resolve_algorithm
+    from rllib_pirl.memory_plan import plan_with_architecture
 
     with open(path) as f:
         experiments = yaml.safe_load(f)
     for name, spec in experiments.items():
-        config = json.loads(json.dumps(spec.get("config", {})))
-        kwargs = (config.get("model_config") or {}).get("model_kwargs") or {}
         variant = "pi05" if "pi05" in os.path.basename(path) else "pi0"
-        kwargs.pop("pretrained")
-        kwargs.update(pi_config=PiConfig.real(variant).to_dict(), tokenizer=TOKENIZER)
-        algo_config = build_config(resolve_algorithm(spec["run"]), spec["env"], config, name)
-        plan = memory_plan(PiConfig.real(variant), run_shape_of(algo_config))
-        shares = algo_config.num_gpus_per_learner, algo_config.num_gpus_per_env_runner
+        plan, shares = plan_with_architecture(name, spec, PiConfig.real(variant), TOKENIZER)
         assert not plan_errors(plan, 80, *shares), plan.table()
 
 

@@ -6,7 +6,6 @@ import contextlib
 from typing import Any
 
 import torch
-import tree
 from ray.rllib.algorithms.ppo.ppo import (
     LEARNER_RESULTS_KL_KEY,
     LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY,
@@ -22,7 +21,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import explained_variance
 
-from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD, FlowRLModule
+from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD, FlowRLModule, num_rows, rows_of
 
 CLIP_FRACTION_KEY = "clip_fraction"
 APPROX_KL_KEY = "approx_kl"
@@ -201,7 +200,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
         the summed gradient is the whole minibatch's: L = Σ_i (n_i / n)·L_i. With several
         learners, DDP all-reduces only at the last micro-batch (``no_sync`` before)."""
         micro = self.config.micro_batch_size
-        sizes = {mid: _num_rows(b) for mid, b in batch.items()}
+        sizes = {mid: num_rows(b) for mid, b in batch.items()}
         if not micro or max(sizes.values()) <= micro:
             return super()._uncompiled_update(batch, **kwargs)
         self._compute_off_policyness(batch)
@@ -213,7 +212,9 @@ class FlowPPOTorchLearner(PPOTorchLearner):
         self._micro_metrics = {}
         try:
             for i in range(num_micro):
-                part = {mid: _rows(b, i * micro, (i + 1) * micro) for mid, b in batch.items() if i * micro < sizes[mid]}
+                part = {
+                    mid: rows_of(b, i * micro, (i + 1) * micro) for mid, b in batch.items() if i * micro < sizes[mid]
+                }
                 with contextlib.ExitStack() as stack:
                     if i < num_micro - 1:
                         self._hold_gradient_all_reduce(stack)
@@ -239,15 +240,6 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                     stack.enter_context(mod.no_sync())
 
 
-def _num_rows(batch: dict) -> int:
-    return len(next(iter(tree.flatten(batch))))
-
-
 def _num_valid(batch: dict) -> float:
     mask = batch.get(Columns.LOSS_MASK)
-    return float(mask.sum()) if mask is not None else float(_num_rows(batch))
-
-
-def _rows(batch: dict, start: int, stop: int) -> dict:
-    """Rows ``start:stop`` of every column (nested observation dicts included)."""
-    return tree.map_structure(lambda x: x[start:stop], batch)
+    return float(mask.sum()) if mask is not None else float(num_rows(batch))

@@ -148,11 +148,17 @@ class PaliGemmaWithExpert(nn.Module):
     """``paligemma`` (SigLIP + projector + Gemma 2B) and ``gemma_expert`` (Gemma 300M,
     with adaptive norms for π0.5); module names follow the openpi / lerobot layout."""
 
-    def __init__(self, config: PiConfig, vlm_dtype: torch.dtype = torch.float32):
+    def __init__(self, config: PiConfig, dtype: torch.dtype = torch.float32, frozen_vlm: bool = True):
+        """``dtype``: what the transformer computes in. In bfloat16: mixed precision — a frozen
+        VLM is built and stored in bf16 (half the memory, it never changes; no fp32 copy first);
+        trainable weights (the expert, a trained VLM) stay float32 master weights that the
+        optimizer updates, and both run under ``torch.autocast`` in bf16 (matmuls and
+        attention in bf16, norms in fp32)."""
         super().__init__()
         self.config = config
+        self.dtype = dtype
         default = torch.get_default_dtype()
-        torch.set_default_dtype(vlm_dtype)  # built directly in its dtype: no fp32 copy of a frozen bf16 VLM
+        torch.set_default_dtype(dtype if frozen_vlm else torch.float32)
         try:
             self.paligemma = PaliGemmaModel(paligemma_config(config))
         finally:
@@ -169,18 +175,8 @@ class PaliGemmaWithExpert(nn.Module):
         self.vlm_rotary = GemmaRotaryEmbedding(self.paligemma.config.text_config)
         self.expert_rotary = GemmaRotaryEmbedding(expert_config)
 
-    #: The dtype the transformer computes in: float32, or bfloat16 (mixed precision: set by
-    #: :meth:`set_compute_dtype`).
+    #: The dtype the transformer computes in: float32, or bfloat16 (mixed precision).
     dtype: torch.dtype = torch.float32
-
-    def set_compute_dtype(self, dtype: torch.dtype, frozen_vlm: bool) -> None:
-        """Compute in ``dtype``. In bfloat16: mixed precision — the frozen VLM is *stored* in
-        bf16 (half the memory, it never changes); trainable weights (the expert, a trained VLM)
-        stay float32 master weights that the optimizer updates, and both run under
-        ``torch.autocast`` in bf16 (matmuls and attention in bf16, norms in fp32)."""
-        self.dtype = dtype
-        if dtype == torch.bfloat16 and frozen_vlm:
-            self.paligemma.to(dtype)
 
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16)

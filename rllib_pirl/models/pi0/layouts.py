@@ -245,16 +245,16 @@ def _architecture(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> P
     return infer_pi_config(tensors, hints)
 
 
-def weight_shapes(weights: str) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` file as meta tensors: names and shapes, nothing read."""
-    with safe_open(weights, "pt") as f:
-        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
+def weight_shapes(handle) -> dict[str, torch.Tensor]:
+    """The tensors of an open ``.safetensors`` file as meta tensors: names and shapes, nothing read."""
+    return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}  # noqa: SIM118
 
 
 def read_architecture(path: str) -> PiConfig:
     """A checkpoint's architecture without loading its weights (their shapes only)."""
     _, weights, config = _checkpoint_files(path)
-    return _architecture(config, weight_shapes(weights))
+    with safe_open(weights, "pt") as handle:
+        return _architecture(config, weight_shapes(handle))
 
 
 def read_pretrained(path: str) -> dict[str, Any]:
@@ -263,8 +263,8 @@ def read_pretrained(path: str) -> dict[str, Any]:
     memory-mapped file when asked), layout, architecture, statistics, tokenizer, and our own
     settings if we wrote it."""
     folder, weights, config = _checkpoint_files(path)
-    tensors = weight_shapes(weights)
     handle = safe_open(weights, "pt")
+    tensors = weight_shapes(handle)
     ours = config.get("rllib_pirl", {})
     pi_config = _architecture(config, tensors)
     modes = config.get("normalization_mapping")

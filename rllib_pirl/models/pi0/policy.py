@@ -118,8 +118,9 @@ class PiPolicy(FlowActionModel):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         width = config.expert.width
-        frozen_bf16 = dtype == "bfloat16" and train_expert_only
-        self.backbone = PaliGemmaWithExpert(config, torch.bfloat16 if frozen_bf16 else torch.float32)
+        # The transformer may compute in bf16 (mixed precision); the projections, RL heads,
+        # latents and log-probs stay fp32.
+        self.backbone = PaliGemmaWithExpert(config, getattr(torch, dtype), frozen_vlm=train_expert_only)
         self.action_in_proj = nn.Linear(config.max_action_dim, width)
         self.action_out_proj = nn.Linear(width, config.max_action_dim)
         if config.variant == "pi0":
@@ -134,9 +135,6 @@ class PiPolicy(FlowActionModel):
         self.noise_head = mlp([width, *noise_hidden_sizes, config.max_action_dim])
         if train_expert_only:
             self.backbone.paligemma.requires_grad_(False)
-        # The transformer may compute in bf16 (mixed precision); the projections, RL heads,
-        # latents and log-probs stay fp32.
-        self.backbone.set_compute_dtype(getattr(torch, dtype), frozen_vlm=train_expert_only)
 
     @property
     def frozen_encoding(self) -> bool:
