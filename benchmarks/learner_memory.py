@@ -166,6 +166,7 @@ def update_memory(module, batch, kernel: str) -> dict:
         return t
 
     def update(n):
+        # sliced here, not with rllib_pirl's rows_of: this runs on older versions too (before/after)
         part = {
             k: (v[:n] if not isinstance(v, dict) else {kk: vv[:n] for kk, vv in v.items()}) for k, v in batch.items()
         }

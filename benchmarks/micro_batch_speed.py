@@ -21,68 +21,34 @@ import sys
 import time
 
 import torch
+from prefix_cache_speed import pi0_pickcube_algo, reduced_depth_pi0, timed_update
 
 from rllib_pirl import FlowNoiseConfig, FlowSDEConfig
 
 
 def build(cls, args, micro):
+    """The state MLP on PointReach (``--hidden``), or π0 at its real widths with ``--depth``
+    Gemma layers on ManiSkill PickCube with two cameras of ``--image`` px, the model's image
+    size too (small: the prefix, computed once per train batch and kept, stays short; the
+    expert's per-sample work — what micro-batching splits — keeps its real size)."""
+    training = {
+        "train_batch_size_per_learner": args.batch,
+        "minibatch_size": args.minibatch,
+        "num_epochs": 1,
+        "micro_batch_size": micro,
+    }
     if args.model == "pi0":
-        return build_pi0(cls, args, micro)
+        return pi0_pickcube_algo(cls, args.image, reduced_depth_pi0(args.depth, 1, args.image), **training)
     hidden = [int(h) for h in args.hidden.split(",")]
     return (
         cls()
         .environment("PointReach")
-        .training(
-            action_chunk=4,
-            train_batch_size_per_learner=args.batch,
-            minibatch_size=args.minibatch,
-            num_epochs=1,
-            micro_batch_size=micro,
-        )
+        .training(action_chunk=4, **training)
         .env_runners(num_env_runners=0, num_envs_per_env_runner=8)
         .rl_module(model_config={"model_kwargs": {"hidden_sizes": hidden, "value_hidden_sizes": hidden[:2]}})
         .debugging(seed=0)
         .build_algo()
     )
-
-
-def build_pi0(cls, args, micro):
-    """π0 at its real widths, ``--depth`` Gemma layers, on ManiSkill PickCube with two cameras of
-    ``--image`` px, the model's image size too (small: the prefix, computed once per train batch
-    and kept, stays short; the expert's per-sample work — what micro-batching splits — keeps its
-    real size)."""
-    from prefix_cache_speed import TOKENIZER_PATH, reduced_depth_pi0
-
-    return (
-        cls()
-        .environment("ManiSkill", env_config={"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": args.image})
-        .training(
-            action_chunk=5,
-            train_batch_size_per_learner=args.batch,
-            minibatch_size=args.minibatch,
-            num_epochs=1,
-            micro_batch_size=micro,
-        )
-        .env_runners(num_env_runners=0, num_envs_per_env_runner=1)
-        .rl_module(
-            model_config={
-                "model_class": "rllib_pirl.models.pi0:PiPolicy",
-                "model_kwargs": {
-                    "pi_config": reduced_depth_pi0(args.depth, 1, args.image),
-                    "tokenizer": TOKENIZER_PATH,
-                },
-                "init_seed": 0,
-            }
-        )
-        .debugging(seed=0)
-        .build_algo()
-    )
-
-
-def timed_update(algo, episodes) -> float:
-    start = time.perf_counter()
-    algo.learner_group.update(episodes=episodes, timesteps={}, num_epochs=1, minibatch_size=algo.config.minibatch_size)
-    return time.perf_counter() - start
 
 
 def plain_torch_ratio(hidden: list[int], minibatch: int, micro: int, rounds: int) -> float:

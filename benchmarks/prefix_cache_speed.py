@@ -39,26 +39,18 @@ def reduced_depth_pi0(depth: int, vision_depth: int, image_size: int = 224) -> d
     return PiConfig(vlm=vlm, expert=expert, vision=vision, vocab_size=512).to_dict()
 
 
-def build(args, prefix_cache: str):
-    samples = args.samples
+def pi0_pickcube_algo(cls, image: int, pi_config: dict, **training):
+    """``cls`` (a FlowPPO config) with a π0 of ``pi_config`` on ManiSkill PickCube with two
+    ``image``-px cameras, one local env, chunk 5, ``training`` keys; built."""
     return (
-        FlowSDEConfig()
-        .environment("ManiSkill", env_config={"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": args.image})
-        .training(
-            action_chunk=5,
-            train_batch_size_per_learner=samples,
-            minibatch_size=samples // 2,
-            num_epochs=args.epochs,
-            prefix_cache=prefix_cache,
-        )
+        cls()
+        .environment("ManiSkill", env_config={"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": image})
+        .training(action_chunk=5, **training)
         .env_runners(num_env_runners=0, num_envs_per_env_runner=1)
         .rl_module(
             model_config={
                 "model_class": "rllib_pirl.models.pi0:PiPolicy",
-                "model_kwargs": {
-                    "pi_config": reduced_depth_pi0(args.depth, args.vision_depth),
-                    "tokenizer": TOKENIZER_PATH,
-                },
+                "model_kwargs": {"pi_config": pi_config, "tokenizer": TOKENIZER_PATH},
                 "init_seed": 0,
             }
         )
@@ -67,7 +59,20 @@ def build(args, prefix_cache: str):
     )
 
 
+def build(args, prefix_cache: str):
+    return pi0_pickcube_algo(
+        FlowSDEConfig,
+        args.image,
+        reduced_depth_pi0(args.depth, args.vision_depth),
+        train_batch_size_per_learner=args.samples,
+        minibatch_size=args.samples // 2,
+        num_epochs=args.epochs,
+        prefix_cache=prefix_cache,
+    )
+
+
 def timed_update(algo, episodes) -> float:
+    """Seconds of one ``learner_group.update`` on ``episodes`` with the algorithm's epochs and minibatch."""
     start = time.perf_counter()
     algo.learner_group.update(
         episodes=episodes, timesteps={}, num_epochs=algo.config.num_epochs, minibatch_size=algo.config.minibatch_size

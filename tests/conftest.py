@@ -58,6 +58,32 @@ def tiny_pi_rl_config(config_cls, env, env_config, variant, tokenizer, num_envs=
     )
 
 
+def tiny_pi_module(variant, tokenizer, cameras=("base_camera",), model_kwargs=None, **settings):
+    """A FlowRLModule around a tiny π0 / π0.5 for a Dict observation of 32-px ``cameras``, an
+    8-D state and a task id, acting in 4 × 4 chunks; ``model_kwargs`` add to the model's
+    arguments, ``settings`` are model_config keys (``init_seed`` 0 unless given). Returns the
+    module and its observation space."""
+    import gymnasium as gym
+    import numpy as np
+
+    from rllib_pirl.models.pi0 import PiConfig
+    from rllib_pirl.rl_module import FlowRLModule
+
+    image = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
+    obs_space = gym.spaces.Dict(
+        {
+            **{cam: image for cam in cameras},
+            "state": gym.spaces.Box(-1, 1, (8,), np.float32),
+            "task_id": gym.spaces.Box(0, 0, (1,), np.int64),
+        }
+    )
+    kwargs = {"pi_config": PiConfig.tiny(variant).to_dict(), "tokenizer": tokenizer, **(model_kwargs or {})}
+    model_config = {"model_class": "rllib_pirl.models.pi0:PiPolicy", "model_kwargs": kwargs, "action_chunk": 4}
+    model_config.update({"init_seed": 0, **settings})
+    act_space = gym.spaces.Box(-1, 1, (4, 4), np.float32)
+    return FlowRLModule(observation_space=obs_space, action_space=act_space, model_config=model_config), obs_space
+
+
 def assert_one_iteration_trains_the_expert(algo) -> None:
     """One ``algo.train()``: the learner trained on a finite loss and the action expert's
     weights changed."""

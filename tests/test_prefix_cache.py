@@ -1,16 +1,15 @@
 """The learner's one pass over a train batch: values once (V_old = GAE's values), in
 chunks, and π0's frozen prefix kept per sample and reused by every epoch and minibatch."""
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 import tree
+from conftest import tiny_pi_module
 from ray.rllib.core.columns import Columns
 
-from rllib_pirl.models.pi0 import PiConfig
 from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
-from rllib_pirl.rl_module import LATENTS, LOGP, ROW, STEPS, FlowRLModule
+from rllib_pirl.rl_module import LATENTS, LOGP, ROW, STEPS
 
 CAMERAS = ["base_camera", "hand_camera"]
 
@@ -20,32 +19,16 @@ def tokenizer(tmp_path_factory):
     return train_tiny_tokenizer(str(tmp_path_factory.mktemp("tok") / "tokenizer.model"), ["lift the red cube"])
 
 
-def make_module(tokenizer, variant, exploration="noise", dtype="float32"):
-    image = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
-    obs_space = gym.spaces.Dict(
-        {
-            **{cam: image for cam in CAMERAS},
-            "state": gym.spaces.Box(-1, 1, (8,), np.float32),
-            "task_id": gym.spaces.Box(0, 0, (1,), np.int64),
-        }
+def make_module(tokenizer, variant, exploration="noise"):
+    module, obs_space = tiny_pi_module(
+        variant,
+        tokenizer,
+        CAMERAS,
+        {"value_hidden_sizes": [16], "noise_hidden_sizes": [16]},
+        instructions=["lift the red cube"],
+        num_denoise_steps=3,
+        exploration=exploration,
     )
-    model_config = {
-        "model_class": "rllib_pirl.models.pi0:PiPolicy",
-        "model_kwargs": {
-            "pi_config": PiConfig.tiny(variant).to_dict(),
-            "tokenizer": tokenizer,
-            "value_hidden_sizes": [16],
-            "noise_hidden_sizes": [16],
-            "dtype": dtype,
-        },
-        "instructions": ["lift the red cube"],
-        "action_chunk": 4,
-        "num_denoise_steps": 3,
-        "exploration": exploration,
-        "init_seed": 0,
-    }
-    act_space = gym.spaces.Box(-1, 1, (4, 4), np.float32)
-    module = FlowRLModule(observation_space=obs_space, action_space=act_space, model_config=model_config)
     with torch.no_grad():  # released checkpoints have non-trivial (adaptive) norms
         for name, p in module.named_parameters():
             if "norm" in name:

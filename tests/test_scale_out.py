@@ -8,7 +8,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, learner_states, point_gpu_examples_at_a_tiny_checkpoint, tiny_config, tiny_pi_rl_config
+from conftest import (
+    REPO,
+    learner_states,
+    point_gpu_examples_at_a_tiny_checkpoint,
+    tiny_config,
+    tiny_pi_module,
+    tiny_pi_rl_config,
+)
 
 from rllib_pirl.rl_module import FROZEN_FINGERPRINT
 
@@ -313,34 +320,16 @@ def test_bfloat16_module_explores_and_syncs(variant):
     weights, bf16 compute): chains start from fp32 latents, the trainable-only state is fp32
     and loads into a second module built the same way; the whole state (checkpoints) sends the
     bf16 tensors as torch tensors (numpy has no bf16)."""
-    import gymnasium as gym
     from ray.rllib.core.columns import Columns
 
-    from rllib_pirl.models.pi0 import PiConfig
-    from rllib_pirl.rl_module import LATENTS, LOGP, FlowRLModule
+    from rllib_pirl.rl_module import LATENTS, LOGP
 
-    image = gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)
-    obs_space = gym.spaces.Dict(
-        {
-            "base_camera": image,
-            "state": gym.spaces.Box(-1, 1, (8,), np.float32),
-            "task_id": gym.spaces.Box(0, 0, (1,), np.int64),
-        }
-    )
-    model_config = {
-        "model_class": "rllib_pirl.models.pi0:PiPolicy",
-        "model_kwargs": {
-            "pi_config": PiConfig.tiny(variant).to_dict(),
-            "tokenizer": os.path.join(REPO, "checkpoints", "tiny_tokenizer.model"),
-            "dtype": "bfloat16",
-        },
-        "instructions": ["pick up the cube"],
-        "action_chunk": 4,
-        "init_seed": 3,
-    }
-    act_space = gym.spaces.Box(-1, 1, (4, 4), np.float32)
-    sender, receiver = (
-        FlowRLModule(observation_space=obs_space, action_space=act_space, model_config=model_config) for _ in range(2)
+    tokenizer = os.path.join(REPO, "checkpoints", "tiny_tokenizer.model")
+    (sender, obs_space), (receiver, _) = (
+        tiny_pi_module(
+            variant, tokenizer, model_kwargs={"dtype": "bfloat16"}, instructions=["pick up the cube"], init_seed=3
+        )
+        for _ in range(2)
     )
     assert {p.dtype for p in sender.model.backbone.paligemma.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in sender.parameters() if p.requires_grad} == {torch.float32}
