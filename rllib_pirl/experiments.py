@@ -25,14 +25,26 @@ import copy
 import difflib
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from rllib_pirl.errors import UsageError
 from rllib_pirl.imports import import_object
 from rllib_pirl.models.checkpoint import is_model_checkpoint
+from rllib_pirl.searches import (
+    candidates,
+    has_space,
+    make_scheduler,
+    make_search_alg,
+    metric_and_mode,
+    pbt_mutations_as_spaces,
+    space_errors,
+    tune_config_errors,
+    tune_space,
+)
 
-EXPERIMENT_KEYS = ("env", "run", "stop", "config", "checkpoint_config")
+EXPERIMENT_KEYS = ("env", "run", "stop", "config", "checkpoint_config", "num_samples", "tune_config")
 CHECKPOINT_KEYS = (
     "num_to_keep",
     "checkpoint_score_attribute",
@@ -45,15 +57,6 @@ CHECKPOINT_KEYS = (
 def _suggest(name, choices) -> str:
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
-def _first_sample(value):
-    """A concrete stand-in for a Tune search space (its first grid value), for validation."""
-    if isinstance(value, dict):
-        if set(value) == {"grid_search"}:
-            return _first_sample(value["grid_search"][0])
-        return {k: _first_sample(v) for k, v in value.items()}
-    return value
 
 
 def _resolve_path(path: str) -> str:
@@ -131,6 +134,32 @@ def progress_callback(min_interval_s: float = 5.0):
     return ProgressLine()
 
 
+def print_best(results, experiment: Experiment) -> None:
+    """The best trial of a search by its metric (last result), with its searched values."""
+    from ray.tune.utils.util import unflattened_lookup
+
+    metric, mode = metric_and_mode(experiment.tune_config)
+    try:
+        best = results.get_best_result(metric, mode)
+    except (RuntimeError, KeyError, ValueError) as e:  # no trial reported the metric
+        print(f"   best trial: none ({e})", flush=True)
+        return
+    searched = list(_searched_keys(experiment))
+    values = {k: best.config.get(k) for k in searched}
+    value = unflattened_lookup(metric, best.metrics, default=None)
+    print(f"   best trial by {metric} ({mode}): {value} at {best.path}  {values}", flush=True)
+
+
+def _searched_keys(experiment: Experiment):
+    from rllib_pirl.searches import is_space
+
+    for key, value in experiment.config.items():
+        if is_space(value):
+            yield "_model_config" if key == "model_config" else key
+    if experiment.scheduler_type() == "pbt":
+        yield from experiment.tune_config["scheduler"]["hyperparam_mutations"]
+
+
 def load_experiments(path: str) -> dict[str, dict[str, Any]]:
     """Parse a tuned-example yaml file and check its structure."""
     import yaml
@@ -159,9 +188,12 @@ def load_experiments(path: str) -> dict[str, dict[str, Any]]:
         for key in ("run", "env"):
             if key not in spec:
                 raise UsageError(f"Experiment {name!r} has no {key!r} key.")
-        for key in ("stop", "config", "checkpoint_config"):
+        for key in ("stop", "config", "checkpoint_config", "tune_config"):
             if not isinstance(spec.get(key, {}), dict):
                 raise UsageError(f"Experiment {name!r}: {key!r} must be a mapping.")
+        samples = spec.get("num_samples", 1)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise UsageError(f"Experiment {name!r}: num_samples must be an integer >= 1, got {samples!r}.")
     return data
 
 
@@ -212,11 +244,33 @@ def check_env(env) -> None:
     )
 
 
-def build_config(algo_cls, env, config: dict[str, Any], name: str):
-    """The algorithm's config for ``config`` (search spaces at their first value),
-    validated: unknown keys and invalid values stop here."""
+def build_config(algo_cls, env, config: dict[str, Any], name: str, tune_config: dict[str, Any] | None = None):
+    """The algorithm's config for ``config`` (sampled values at their first value),
+    validated: unknown keys and invalid values stop here, also at every end of a sampled
+    range, every choice and every PBT mutation (see :func:`rllib_pirl.searches.candidates`)."""
+    errors = space_errors(config) + tune_config_errors(tune_config or {}, config)
+    if errors:
+        raise UsageError(f"Experiment {name!r}: " + " ".join(errors))
+    scheduler = (tune_config or {}).get("scheduler")
+    searched = dict(config)
+    if isinstance(scheduler, dict) and scheduler.get("type") == "pbt":
+        mutations = scheduler["hyperparam_mutations"]
+        default = algo_cls.get_default_config()
+        for key in mutations:
+            if not hasattr(default, default._translate_special_keys(key, warn_deprecated=False)):
+                known = [k for k in vars(default) if not k.startswith("_")]
+                raise UsageError(
+                    f"Experiment {name!r}: tune_config.scheduler.hyperparam_mutations: {algo_cls.__name__}'s config "
+                    f"has no key {key!r} to mutate." + _suggest(key, known)
+                )
+        searched.update(pbt_mutations_as_spaces(mutations))
+    configs = [_validated_config(algo_cls, env, sample, name) for sample in candidates(searched)]
+    return configs[0]
+
+
+def _validated_config(algo_cls, env, config: dict[str, Any], name: str):
     algo_config = algo_cls.get_default_config()
-    sample = _first_sample(copy.deepcopy(config_dict_for_rllib(config)))
+    sample = copy.deepcopy(config_dict_for_rllib(config))
     for key in sample:
         translated = algo_config._translate_special_keys(key, warn_deprecated=False)
         if not hasattr(algo_config, translated):
@@ -246,10 +300,40 @@ class Experiment:
     checkpoint_config: dict[str, Any] = field(default_factory=dict)
     algo_config: Any = None  # the validated AlgorithmConfig (search spaces at their first value)
     memory_plan: Any = None  # π0 / π0.5 on GPUs: the MemoryPlan of a learner and an env runner
+    num_samples: int = 1
+    tune_config: dict[str, Any] = field(default_factory=dict)  # see rllib_pirl.searches
 
     def param_space(self) -> dict[str, Any]:
-        """The config as Tune's ``param_space`` (search spaces kept for Tune to expand)."""
-        return dict(config_dict_for_rllib(self.config), env=self.env)
+        """The config as Tune's ``param_space`` (sampled values as Tune's search spaces).
+        Under PBT, whose trials continue from each other's checkpoints, every trial builds
+        the same frozen weights (one ``model_config.init_seed`` for the population): only
+        trainable weights travel to the env runners, which check that the frozen ones agree."""
+        space = tune_space(config_dict_for_rllib(self.config))
+        model_config = space.get("_model_config", {})
+        if self.scheduler_type() == "pbt" and "init_seed" not in model_config:
+            seed = self.config.get("seed")
+            seed = seed if isinstance(seed, int) else zlib.crc32(self.name.encode()) % 2**31
+            space["_model_config"] = dict(model_config, init_seed=seed)
+        return dict(space, env=self.env)
+
+    def scheduler_type(self) -> str:
+        scheduler = self.tune_config.get("scheduler", "fifo")
+        return scheduler.get("type") if isinstance(scheduler, dict) else scheduler
+
+    def is_search(self) -> bool:
+        return self.num_samples > 1 or has_space(self.config) or bool(self.tune_config)
+
+    def tune_run_config(self):
+        """Tune's ``TuneConfig`` (search algorithm and scheduler objects made fresh)."""
+        from ray import tune
+
+        return tune.TuneConfig(
+            num_samples=self.num_samples,
+            search_alg=make_search_alg(self.tune_config),
+            scheduler=make_scheduler(self.tune_config),
+            max_concurrent_trials=self.tune_config.get("max_concurrent_trials"),
+            time_budget_s=self.tune_config.get("time_budget_s"),
+        )
 
 
 def gpu_memory_gib() -> float | None:
@@ -284,7 +368,7 @@ def prepare_experiments(
     for name, spec in load_experiments(path).items():
         algo_cls = resolve_algorithm(spec["run"])
         check_env(spec["env"])
-        algo_config = build_config(algo_cls, spec["env"], spec.get("config", {}), name)
+        algo_config = build_config(algo_cls, spec["env"], spec.get("config", {}), name, spec.get("tune_config"))
         ckpt = spec.get("checkpoint_config", {})
         for key in ckpt:
             if key not in CHECKPOINT_KEYS:
@@ -302,6 +386,8 @@ def prepare_experiments(
                 checkpoint_config=ckpt,
                 algo_config=algo_config,
                 memory_plan=check_memory(name, algo_config, gpu_gib),
+                num_samples=spec.get("num_samples", 1),
+                tune_config=spec.get("tune_config", {}),
             )
         )
     return experiments
@@ -341,6 +427,7 @@ def run_experiment(
     tuner = tune.Tuner(
         experiment.algo_cls,
         param_space=experiment.param_space(),
+        tune_config=experiment.tune_run_config(),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
@@ -351,6 +438,8 @@ def run_experiment(
         ),
     )
     results = tuner.fit()
+    if verbose and experiment.is_search():
+        print_best(results, experiment)
     if verbose:
         for r in results:
             runners = (r.metrics or {}).get("env_runners", {})

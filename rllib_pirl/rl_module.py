@@ -41,6 +41,8 @@ STEPS = "flow_steps"  # (B, S) stochastic transitions
 LOGP = "flow_logp"  # (B, N) log-probs of the PPO ratios (see `logprob_reduction`)
 ENTROPY = "flow_entropy"  # (B,) mean step entropy
 NOISE_STD = "flow_noise_std"  # (B,) mean std of the stochastic steps
+NOISE_LEVEL = "flow_noise_level"  # (B,) Flow-SDE: the noise level a of the sample's rollout
+NOISE_RANGE = "flow_noise_std_range"  # (B, 2) Flow-Noise: the std bounds of the sample's rollout
 ROW = "flow_row"  # (B,) the sample's row in its train batch (finds its cached encoding)
 # Key of the frozen weights' fingerprint in a trainable-only state (weight sync).
 FROZEN_FINGERPRINT = "__frozen_fingerprint__"
@@ -60,7 +62,8 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         # Without an algorithm config (e.g. a model checkpoint evaluated), the chunk is the env's.
         settings = FlowModuleSettings.from_model_config(self.model_config, action_chunk=space.shape[0])
         self.num_denoise_steps, self.action_chunk = settings.num_denoise_steps, settings.action_chunk
-        self.noise_level, self.noise_std_range = settings.noise_level, tuple(settings.noise_std_range)
+        # The exploration noise now (schedules: at env step 0; the algorithm sets it each iteration).
+        self.noise_level, self.noise_std_range = settings.noise_at(0)
         self.logprob_reduction, self.exploration_kind = settings.logprob_reduction, settings.exploration
         self.inference_x0, self.exploration_x0 = settings.inference_x0, settings.exploration_x0
         if space.shape[0] != self.action_chunk:
@@ -89,11 +92,29 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         self._frozen_fingerprint = frozen_fingerprint(self.model)
 
     # -- pieces ---------------------------------------------------------------------
-    def exploration(self):
-        """The one piece in which Flow-SDE and Flow-Noise differ."""
+    def set_exploration_noise(self, noise_level: float, noise_std_range: tuple[float, float]) -> None:
+        """The noise of the next rollouts (the algorithm sets it from the schedules)."""
+        self.noise_level, self.noise_std_range = float(noise_level), tuple(map(float, noise_std_range))
+
+    def exploration(self, batch: dict[str, Any] | None = None):
+        """The one piece in which Flow-SDE and Flow-Noise differ: at the module's current
+        noise, or, for a train ``batch``, at the noise each row's rollout used (recorded in
+        it), so that a schedule step or a PBT mutation between rollout and update never
+        changes the likelihood the ratios compare."""
         if self.exploration_kind == "sde":
-            return SDEExploration(self.noise_level)
-        return LearnedNoiseExploration(self.model.noise_std)
+            level = batch[NOISE_LEVEL] if batch is not None and NOISE_LEVEL in batch else self.noise_level
+            return SDEExploration(level)
+        bounds = self.noise_std_range
+        if batch is not None and NOISE_RANGE in batch:
+            bounds = (batch[NOISE_RANGE][:, 0], batch[NOISE_RANGE][:, 1])
+        return LearnedNoiseExploration(lambda hidden: self.model.noise_std(hidden, bounds))
+
+    def _noise_record(self, b: int, device) -> dict[str, torch.Tensor]:
+        """The rollout's noise, one row per sample (see :meth:`exploration`)."""
+        if self.exploration_kind == "sde":
+            return {NOISE_LEVEL: torch.full((b,), self.noise_level, dtype=torch.float32, device=device)}
+        bounds = torch.tensor(self.noise_std_range, dtype=torch.float32, device=device)
+        return {NOISE_RANGE: bounds.expand(b, 2).clone()}
 
     def _velocity_fn(self, context):
         return lambda x, t: self.model.velocity(context, x, t)
@@ -142,11 +163,12 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
             LATENTS: chain.latents,
             STEPS: chain.steps,
             LOGP: logp,
+            **self._noise_record(b, logp.device),
         }
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         context = self._train_context(batch)
-        chain = chain_log_prob(self._velocity_fn(context), batch[LATENTS], batch[STEPS], self.exploration())
+        chain = chain_log_prob(self._velocity_fn(context), batch[LATENTS], batch[STEPS], self.exploration(batch))
         return {
             Columns.EMBEDDINGS: context,
             LOGP: self._reduce(chain.log_prob),

@@ -18,6 +18,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from rllib_pirl.flow.chain import LOGPROB_REDUCTIONS
 
 EXPLORATIONS = ("sde", "noise")
@@ -34,14 +36,75 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_pair(value) -> bool:
+    return isinstance(value, list | tuple) and len(value) == 2
+
+
+def is_schedule(setting, value_is_pair: bool = False) -> bool:
+    """Whether ``setting`` is a schedule ``[[env_steps, value], …]`` rather than one value
+    (a value that is itself a pair, like ``noise_std_range``, needs ``value_is_pair``)."""
+    if not isinstance(setting, list | tuple) or not setting or not all(_is_pair(p) for p in setting):
+        return False
+    return all(_is_pair(p[1]) for p in setting) if value_is_pair else True
+
+
+def schedule_at(setting, env_steps: float, value_is_pair: bool = False):
+    """The value of a setting after ``env_steps`` env steps (RLlib's lifetime count, as its
+    ``lr`` schedules): a constant is itself; a schedule ``[[s_0 = 0, v_0], [s_1, v_1], …]``
+    is piecewise linear between its points and constant after the last (pairs of values
+    component-wise)::
+
+        v(s) = v_i + (s − s_i)/(s_{i+1} − s_i) · (v_{i+1} − v_i)   for s_i <= s <= s_{i+1}
+    """
+    if not is_schedule(setting, value_is_pair):
+        return setting
+    steps = [float(p[0]) for p in setting]
+    values = np.asarray([p[1] for p in setting], dtype=np.float64).reshape(len(setting), -1)
+    value = tuple(float(np.interp(env_steps, steps, values[:, j])) for j in range(values.shape[1]))
+    return value if value_is_pair else value[0]
+
+
+def schedule_errors(name: str, setting, value_errors, value_is_pair: bool = False) -> list[str]:
+    """Messages for an invalid value or schedule of ``name``: ``value_errors(value)`` checks
+    one value (a list of messages); a schedule's env steps must start at 0 and increase."""
+    if not is_schedule(setting, value_is_pair):
+        return value_errors(setting)
+    steps = [p[0] for p in setting]
+    errors = []
+    if not all(_is_number(s) for s in steps) or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+        errors.append(
+            f"{name}: a schedule's env steps must be numbers that start at 0 and increase, got {steps!r} "
+            f"(format [[0, value], [env_steps, value], ...])."
+        )
+    for step, value in setting:
+        errors += [f"{name} at env step {step}: {e}" for e in value_errors(value)]
+    return errors
+
+
+def _noise_level_errors(value) -> list[str]:
+    if not _is_number(value) or value < 0:
+        return [f"noise_level must be a number >= 0 (0 = the ODE) or a schedule [[0, a], [env_steps, a], ...], got {value!r}."]
+    return []
+
+
+def _noise_std_range_errors(rng) -> list[str]:
+    if not (_is_pair(rng) and all(_is_number(v) for v in rng)):
+        return [f"noise_std_range must be [min, max] or a schedule [[0, [min, max]], [env_steps, [min, max]], ...], got {rng!r}."]
+    if not 0 < rng[0] <= rng[1]:
+        return [f"noise_std_range must satisfy 0 < min <= max, got min={rng[0]}, max={rng[1]}."]
+    return []
+
+
 @dataclass(frozen=True)
 class FlowModuleSettings:
     """The flow policy's settings (RLModule ``model_config`` keys)."""
 
     num_denoise_steps: int = 4  # K: denoising steps per action chunk
     action_chunk: int = 5  # actions per policy step (the env executes the chunk)
-    noise_level: float = 0.5  # Flow-SDE noise level a (σ_t = a·sqrt(t/(1−t)))
-    noise_std_range: tuple[float, float] = (0.08, 0.16)  # Flow-Noise: bounds of the learned std
+    #: Flow-SDE noise level a (σ_t = a·sqrt(t/(1−t))), or a schedule [[env_steps, a], …]
+    noise_level: float | list = 0.5
+    #: Flow-Noise: bounds of the learned std, or a schedule [[env_steps, [min, max]], …]
+    noise_std_range: tuple[float, float] | list = (0.08, 0.16)
     logprob_reduction: str = "sum"  # "sum": one ratio per chunk; "per_element": one per action element
     inference_x0: str = "zeros"  # the deterministic policy starts from "zeros" or "noise"
     exploration_x0: str = "noise"  # exploration chains start from "noise" (the paper) or "zeros"
@@ -54,13 +117,8 @@ class FlowModuleSettings:
             errors.append(f"num_denoise_steps (K) must be an integer >= 1, got {self.num_denoise_steps!r}.")
         if not _is_int(self.action_chunk, 1):
             errors.append(f"action_chunk must be an integer >= 1, got {self.action_chunk!r}.")
-        if not _is_number(self.noise_level) or self.noise_level < 0:
-            errors.append(f"noise_level must be a number >= 0 (0 = the ODE), got {self.noise_level!r}.")
-        rng = self.noise_std_range
-        if not (isinstance(rng, list | tuple) and len(rng) == 2 and all(_is_number(v) for v in rng)):
-            errors.append(f"noise_std_range must be [min, max], got {rng!r}.")
-        elif not 0 < rng[0] <= rng[1]:
-            errors.append(f"noise_std_range must satisfy 0 < min <= max, got min={rng[0]}, max={rng[1]}.")
+        errors += schedule_errors("noise_level", self.noise_level, _noise_level_errors)
+        errors += schedule_errors("noise_std_range", self.noise_std_range, _noise_std_range_errors, value_is_pair=True)
         if self.logprob_reduction not in LOGPROB_REDUCTIONS:
             errors.append(f"logprob_reduction must be one of {LOGPROB_REDUCTIONS}, got {self.logprob_reduction!r}.")
         for name in ("inference_x0", "exploration_x0"):
@@ -69,6 +127,12 @@ class FlowModuleSettings:
         if self.exploration not in EXPLORATIONS:
             errors.append(f"exploration must be one of {EXPLORATIONS}, got {self.exploration!r}.")
         return errors
+
+    def noise_at(self, env_steps: float) -> tuple[float, tuple[float, float]]:
+        """The exploration noise after ``env_steps`` env steps: ``(noise_level, noise_std_range)``."""
+        level = schedule_at(self.noise_level, env_steps)
+        std_range = schedule_at(self.noise_std_range, env_steps, value_is_pair=True)
+        return float(level), (float(std_range[0]), float(std_range[1]))
 
     @classmethod
     def from_model_config(cls, model_config: dict[str, Any], **defaults) -> FlowModuleSettings:

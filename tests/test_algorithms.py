@@ -84,6 +84,32 @@ def test_first_update_has_ratio_one_then_the_policy_moves(ray_session, name):
         algo.stop()
 
 
+SCHEDULES = {
+    "FlowSDE": ({"noise_level": [[0, 0.3], [256, 1.2]]}, "noise_level", [0.3, 0.75, 1.2, 1.2]),
+    "FlowNoise": ({"noise_std_range": [[0, [0.08, 0.16]], [256, [0.02, 0.04]]]}, "noise_std_min", [0.08, 0.05, 0.02, 0.02]),
+}
+
+
+@pytest.mark.parametrize("name", ["FlowSDE", "FlowNoise"])
+def test_a_noise_schedule_moves_the_rollouts_noise_and_the_learner_follows(ray_session, name):
+    # 128 env steps per iteration: the schedule is at 0, 128, 256, 384 steps before each
+    # sampling round. With lr = 0 the learner's log-probs equal the rollouts' only if it
+    # uses the noise each rollout used (its own module never gets the schedule's values).
+    schedule, key, expected = SCHEDULES[name]
+    algo = tiny_config(CONFIGS[name], lr=0.0, value_lr=0.0, **schedule).build_algo()
+    try:
+        seen = []
+        for _ in expected:
+            result = algo.train()
+            seen.append(result["exploration"][key])
+            assert result["learners"]["default_policy"]["approx_kl"] < 1e-6
+        assert seen == pytest.approx(expected)
+        level, std_range = algo.env_runner.module.noise_level, algo.env_runner.module.noise_std_range
+        assert (level if name == "FlowSDE" else std_range[0]) == pytest.approx(expected[-1])
+    finally:
+        algo.stop()
+
+
 def test_env_gets_the_action_chunk_from_the_config(ray_session):
     algo = tiny_config(FlowSDEConfig, action_chunk=3).build_algo()
     try:
@@ -99,6 +125,10 @@ def test_env_gets_the_action_chunk_from_the_config(ray_session):
     [
         ({"noise_level": -0.1}, "noise_level must be a number >= 0"),
         ({"noise_std_range": (0.2, 0.1)}, "0 < min <= max"),
+        ({"noise_level": [[0, 0.5], [100, -0.2]]}, "noise_level at env step 100: noise_level must be a number >= 0"),
+        ({"noise_level": [[0, 0.5], [100, 0.2], [50, 0.1]]}, "must be numbers that start at 0 and increase"),
+        ({"noise_level": [[10, 0.5]]}, "start at 0 and increase"),
+        ({"noise_std_range": [[0, [0.1, 0.2]], [100, [0.3, 0.2]]]}, "at env step 100: .*0 < min <= max"),
         ({"num_denoise_steps": 0}, "num_denoise_steps"),
         ({"logprob_reduction": "mean"}, "logprob_reduction must be one of"),
         ({"action_chunk": 0}, "action_chunk must be an integer >= 1"),

@@ -42,7 +42,7 @@ def test_tuned_examples_are_valid(example, tmp_path, monkeypatch):
                 build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name)
         point_gpu_examples_at_a_tiny_checkpoint(tmp_path, monkeypatch)
     for name, spec in experiments.items():
-        build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name)
+        build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name, spec.get("tune_config"))
 
 
 def test_train_file_runs_a_tuned_example_and_evaluate_reads_its_checkpoint(tmp_path):

@@ -15,6 +15,7 @@ from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.from_config import NotProvided
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from rllib_pirl.callbacks import SuccessRateCallback
 from rllib_pirl.env_runner import FlowEnvRunner
@@ -135,13 +136,29 @@ class FlowPPOConfig(PPOConfig):
     @override(PPOConfig)
     def _model_config_auto_includes(self) -> dict[str, Any]:
         settings = self.module_settings()
-        return super()._model_config_auto_includes | {
-            **vars(settings),
-            "noise_std_range": tuple(settings.noise_std_range),
-        }
+        return super()._model_config_auto_includes | vars(settings)
 
 
-class FlowSDE(PPO):
+class FlowPPO(PPO):
+    """PPO's training step with the exploration noise of the schedules: before each
+    sampling round, every env runner's module gets ``noise_level`` / ``noise_std_range`` at
+    the run's lifetime env steps (the count RLlib's ``lr`` schedules use); rollouts record
+    the noise they used, which the learner's log-probs use (see ``FlowRLModule.exploration``).
+    The values are reported under ``exploration/`` in the results."""
+
+    @override(PPO)
+    def training_step(self) -> None:
+        steps = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+        level, std_range = self.config.module_settings().noise_at(steps)
+        self.env_runner_group.foreach_env_runner(
+            lambda runner: runner.module.set_exploration_noise(level, std_range) if runner.module else None
+        )
+        for key, value in (("noise_level", level), ("noise_std_min", std_range[0]), ("noise_std_max", std_range[1])):
+            self.metrics.log_value(("exploration", key), value, window=1)
+        return super().training_step()
+
+
+class FlowSDE(FlowPPO):
     """πRL Flow-SDE. Configure with :class:`FlowSDEConfig`."""
 
     @classmethod
@@ -150,7 +167,7 @@ class FlowSDE(PPO):
         return FlowSDEConfig()
 
 
-class FlowNoise(PPO):
+class FlowNoise(FlowPPO):
     """πRL Flow-Noise. Configure with :class:`FlowNoiseConfig`."""
 
     @classmethod

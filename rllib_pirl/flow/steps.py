@@ -44,15 +44,16 @@ def sde_step(x: torch.Tensor, v: torch.Tensor, t, dt, noise_level: float):
 
     where a is ``noise_level`` and −(x + (1 − t)·v)/t is the score ∇log p_t(x)
     recovered from the velocity. With a = 0 this is :func:`ode_step`.
-    ``t`` may be a Python float (a rollout: one t for the batch; cheapest) or a
-    tensor of per-row times (the learner). ``dt`` is a float.
+    ``t`` and ``noise_level`` may be Python floats (a rollout: one t and a for the batch;
+    cheapest) or tensors of per-row values (the learner: rows from different rollouts).
+    ``dt`` is a float.
     """
     t_sigma = torch.clamp(t, max=1.0 - dt) if torch.is_tensor(t) else min(t, 1.0 - dt)  # the pole
     sigma2 = noise_level**2 * t_sigma / (1.0 - t_sigma)
     c = sigma2 / (2.0 * t)
     # mean = x·(1 − dt·c) − v·dt·(1 + c·(1 − t)), the formula above regrouped.
     coef_x, coef_v, std = 1.0 - dt * c, dt * (1.0 + c * (1.0 - t)), (dt * sigma2) ** 0.5
-    if torch.is_tensor(t):
+    if torch.is_tensor(std):
         coef_x, coef_v, std = (_like(z, x) for z in (coef_x, coef_v, std))
     else:
         std = torch.tensor(std, dtype=x.dtype, device=x.device)
@@ -65,10 +66,12 @@ def flow_noise_step(x: torch.Tensor, v: torch.Tensor, t, dt, std: torch.Tensor):
     return ode_step(x, v, t, dt), std.expand_as(x)
 
 
-def bounded_std(raw: torch.Tensor, std_min: float, std_max: float) -> torch.Tensor:
+def bounded_std(raw: torch.Tensor, std_min, std_max) -> torch.Tensor:
     """Noise-head output → std in [std_min, std_max]:
-    log σ² = log σ_min² + (tanh(raw) + 1)/2 · (log σ_max² − log σ_min²), σ = exp(½·log σ²)."""
-    lo, hi = 2.0 * math.log(std_min), 2.0 * math.log(std_max)
+    log σ² = log σ_min² + (tanh(raw) + 1)/2 · (log σ_max² − log σ_min²), σ = exp(½·log σ²).
+    The bounds are floats or tensors of per-row bounds (B,)."""
+    raw = raw.float()
+    lo, hi = (2.0 * torch.log(_like(b, raw)) for b in (std_min, std_max))
     logvar = lo + 0.5 * (torch.tanh(raw) + 1.0) * (hi - lo)
     return torch.exp(0.5 * logvar)
 

@@ -72,8 +72,10 @@ class FlowActionModel(nn.Module, abc.ABC):
         """State value V(obs), shape (B,)."""
 
     @abc.abstractmethod
-    def noise_std(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Flow-Noise's learned std σ_θ(hidden), broadcastable to (B, horizon, action_dim)."""
+    def noise_std(self, hidden: torch.Tensor, std_range=None) -> torch.Tensor:
+        """Flow-Noise's learned std σ_θ(hidden), broadcastable to (B, horizon, action_dim), in
+        ``std_range`` = (min, max) (floats, or per-row tensors (B,)); the model's own bounds
+        when None."""
 
     @abc.abstractmethod
     def value_parameters(self) -> Iterable[nn.Parameter]:

@@ -119,9 +119,10 @@ class StateFlowPolicy(FlowActionModel):
         v = self.velocity_out(hidden).view_as(x_t)
         return v, hidden
 
-    def noise_std(self, hidden):
+    def noise_std(self, hidden, std_range=None):
         raw = self.noise_head(hidden).view(-1, self.horizon, self.action_dim)
-        return bounded_std(raw, self.std_min, self.std_max)
+        lo, hi = std_range if std_range is not None else (self.std_min, self.std_max)
+        return bounded_std(raw, lo, hi)
 
     def value(self, context):
         return self.value_head(context["input"]).squeeze(-1)

@@ -300,8 +300,9 @@ class PiPolicy(FlowActionModel):
             features = ((output * mask).sum(1) / mask.sum(1).clamp(min=1)).detach()
         return self.value_head(features).squeeze(-1)
 
-    def noise_std(self, hidden):
-        return bounded_std(self.noise_head(hidden), self.std_min, self.std_max)
+    def noise_std(self, hidden, std_range=None):
+        lo, hi = std_range if std_range is not None else (self.std_min, self.std_max)
+        return bounded_std(self.noise_head(hidden), lo, hi)
 
     def value_parameters(self):
         return self.value_head.parameters()
