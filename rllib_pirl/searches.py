@@ -108,7 +108,7 @@ def has_space(config: dict[str, Any]) -> bool:
 
 def _ends(form) -> list:
     """The values a form can give that a config check needs: both ends of a range, every choice."""
-    (kind, args), = form.items()
+    ((kind, args),) = form.items()
     if kind == "randint":
         return [args[0], args[1] - 1]
     return list(args)
@@ -143,7 +143,7 @@ def tune_space(config):
     from ray import tune
 
     if is_space(config):
-        (kind, args), = config.items()
+        ((kind, args),) = config.items()
         if kind == "grid_search":
             return {"grid_search": [tune_space(a) for a in args]}
         if kind == "choice":
@@ -159,7 +159,11 @@ def _typed(spec, table: dict, what: str) -> tuple[str | None, dict, str | None]:
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, dict) or "type" not in spec:
-        return None, {}, f"tune_config.{what} must be one of {', '.join(table)} or {{type: ..., <arguments>}}, got {spec!r}."
+        return (
+            None,
+            {},
+            f"tune_config.{what} must be one of {', '.join(table)} or {{type: ..., <arguments>}}, got {spec!r}.",
+        )
     kind, kwargs = spec["type"], {k: v for k, v in spec.items() if k != "type"}
     if kind not in table:
         return None, {}, f"tune_config.{what}: unknown type {kind!r}; valid: {', '.join(table)}."
@@ -255,7 +259,9 @@ def make_scheduler(tune_config: dict[str, Any]):
         mutations = {k: v if isinstance(v, list) else tune_space(v) for k, v in kwargs["hyperparam_mutations"].items()}
         kwargs = {"time_attr": "training_iteration", **kwargs, "hyperparam_mutations": mutations}
     module, name = SCHEDULERS[kind]
-    return getattr(importlib.import_module(module), name)(**dict(zip(("metric", "mode"), metric_and_mode(tune_config))), **kwargs)
+    return getattr(importlib.import_module(module), name)(
+        **dict(zip(("metric", "mode"), metric_and_mode(tune_config))), **kwargs
+    )
 
 
 def metric_and_mode(tune_config: dict[str, Any]) -> tuple[str, str]:

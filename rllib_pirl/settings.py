@@ -15,6 +15,7 @@ Defaults are the paper's π0-ManiSkill settings where it has one. Documented in 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,7 @@ def schedule_errors(name: str, setting, value_errors, value_is_pair: bool = Fals
         return value_errors(setting)
     steps = [p[0] for p in setting]
     errors = []
-    if not all(_is_number(s) for s in steps) or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+    if not all(_is_number(s) for s in steps) or steps[0] != 0 or any(b <= a for a, b in itertools.pairwise(steps)):
         errors.append(
             f"{name}: a schedule's env steps must be numbers that start at 0 and increase, got {steps!r} "
             f"(format [[0, value], [env_steps, value], ...])."
@@ -83,13 +84,17 @@ def schedule_errors(name: str, setting, value_errors, value_is_pair: bool = Fals
 
 def _noise_level_errors(value) -> list[str]:
     if not _is_number(value) or value < 0:
-        return [f"noise_level must be a number >= 0 (0 = the ODE) or a schedule [[0, a], [env_steps, a], ...], got {value!r}."]
+        return [
+            f"noise_level must be a number >= 0 (0 = the ODE) or a schedule [[0, a], [env_steps, a], ...], got {value!r}."
+        ]
     return []
 
 
 def _noise_std_range_errors(rng) -> list[str]:
     if not (_is_pair(rng) and all(_is_number(v) for v in rng)):
-        return [f"noise_std_range must be [min, max] or a schedule [[0, [min, max]], [env_steps, [min, max]], ...], got {rng!r}."]
+        return [
+            f"noise_std_range must be [min, max] or a schedule [[0, [min, max]], [env_steps, [min, max]], ...], got {rng!r}."
+        ]
     if not 0 < rng[0] <= rng[1]:
         return [f"noise_std_range must satisfy 0 < min <= max, got min={rng[0]}, max={rng[1]}."]
     return []

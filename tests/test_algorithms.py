@@ -86,7 +86,11 @@ def test_first_update_has_ratio_one_then_the_policy_moves(ray_session, name):
 
 SCHEDULES = {
     "FlowSDE": ({"noise_level": [[0, 0.3], [256, 1.2]]}, "noise_level", [0.3, 0.75, 1.2, 1.2]),
-    "FlowNoise": ({"noise_std_range": [[0, [0.08, 0.16]], [256, [0.02, 0.04]]]}, "noise_std_min", [0.08, 0.05, 0.02, 0.02]),
+    "FlowNoise": (
+        {"noise_std_range": [[0, [0.08, 0.16]], [256, [0.02, 0.04]]]},
+        "noise_std_min",
+        [0.08, 0.05, 0.02, 0.02],
+    ),
 }
 
 

@@ -100,7 +100,10 @@ def test_pbt_mutates_the_noise_level_and_the_log_probs_stay_consistent(tmp_path,
     "extra, message",
     [
         ("  tune_config: {search_alg: bayes}\n", "search_alg: unknown type 'bayes'; valid: random, optuna, hyperopt"),
-        ("  tune_config: {scheduler: {type: hyperband}}\n", "scheduler: unknown type 'hyperband'; valid: fifo, asha, pbt"),
+        (
+            "  tune_config: {scheduler: {type: hyperband}}\n",
+            "scheduler: unknown type 'hyperband'; valid: fifo, asha, pbt",
+        ),
         ("  tune_config: {scheduler: {type: asha, maxt: 3}}\n", "ASHAScheduler has no argument 'maxt'; valid: .*max_t"),
         ("  tune_config: {mode: maximum}\n", "mode must be 'max' or 'min'"),
         ("  tune_config: {metrc: x}\n", "unknown key 'metrc'"),
@@ -144,13 +147,19 @@ def test_bad_sampled_values_are_refused(tmp_path, capsys, value, message):
 
 def test_every_end_of_a_range_and_every_choice_is_validated(tmp_path, capsys):
     # the first value is valid, the upper end is not: refused before any trial could draw it
-    text = "exp:\n  env: PointReach\n  run: FlowSDE\n  config:\n    noise_std_range: {choice: [[0.1, 0.2], [0.3, 0.2]]}" + TINY
+    text = (
+        "exp:\n  env: PointReach\n  run: FlowSDE\n  config:\n    noise_std_range: {choice: [[0.1, 0.2], [0.3, 0.2]]}"
+        + TINY
+    )
     assert main(["train", "file", write(tmp_path, text)]) == 2
     assert "0 < min <= max, got min=0.3" in capsys.readouterr().err
 
 
 def test_grid_search_with_a_model_based_search_and_pbt_with_one_are_refused(tmp_path, capsys):
-    grid = "exp:\n  env: PointReach\n  run: FlowSDE\n  tune_config: {search_alg: hyperopt}\n  config:\n    lr: {grid_search: [0.1, 0.2]}" + TINY
+    grid = (
+        "exp:\n  env: PointReach\n  run: FlowSDE\n  tune_config: {search_alg: hyperopt}\n  config:\n    lr: {grid_search: [0.1, 0.2]}"
+        + TINY
+    )
     assert main(["train", "file", write(tmp_path, grid)]) == 2
     assert "hyperopt cannot expand grid_search; use {choice: [...]}" in capsys.readouterr().err
     pbt = (
