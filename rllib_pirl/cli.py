@@ -19,7 +19,13 @@ from rllib_pirl.errors import UsageError
 
 
 def cmd_train_file(args) -> int:
-    from rllib_pirl.experiments import check_cluster, gpu_memory_gib, prepare_experiments, run_experiment
+    from rllib_pirl.experiments import (
+        check_cluster,
+        check_resumable,
+        gpu_memory_gib,
+        prepare_experiments,
+        run_experiment,
+    )
 
     stop = None
     if args.stop is not None:
@@ -29,9 +35,12 @@ def cmd_train_file(args) -> int:
             raise UsageError(f"--stop must be a JSON object, e.g. '{{\"training_iteration\": 5}}': {e}") from None
         if not isinstance(stop, dict):
             raise UsageError("--stop must be a JSON object, e.g. '{\"training_iteration\": 5}'.")
+    if args.resume and stop is not None:
+        raise UsageError("--resume continues experiments with their own stopping criteria: drop --stop.")
     gpu_gib = args.gpu_memory if args.gpu_memory is not None else gpu_memory_gib()
     # everything validated before Tune writes anything
     experiments = prepare_experiments(args.file, stop, gpu_gib)
+    resumable = check_resumable(experiments, args.storage_path) if args.resume else {}
     for experiment in experiments:
         if experiment.memory_plan is not None:
             checked = f"fits {gpu_gib:.0f} GiB GPUs" if gpu_gib else "not checked: no GPU here, see --gpu-memory"
@@ -43,7 +52,10 @@ def cmd_train_file(args) -> int:
         # Every experiment checked before the first runs; run_experiment need not check again.
         check_cluster(experiments, args.address, resource_check=not args.no_resource_check)
         for experiment in experiments:
-            failed = [r for r in run_experiment(experiment, args.storage_path, resource_check=False) if r.error]
+            results = run_experiment(
+                experiment, args.storage_path, resource_check=False, resume=resumable.get(experiment.name, False)
+            )
+            failed = [r for r in results if r.error]
             for r in failed:
                 print(f"   trial failed: {r.error}", file=sys.stderr)
             if failed:
@@ -216,6 +228,12 @@ def make_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="GIB",
         help="check π0 / π0.5 memory plans against GPUs of this many GiB (default: this machine's GPU, if any)",
+    )
+    tf.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the file's interrupted experiments in STORAGE_PATH/name from their last checkpoints "
+        "(finished trials stay finished; unfinished and errored ones continue)",
     )
     tf.set_defaults(func=cmd_train_file)
     ev = sub.add_parser(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import secrets
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -44,7 +45,17 @@ from rllib_pirl.searches import (
     tune_space,
 )
 
-EXPERIMENT_KEYS = ("env", "run", "stop", "config", "checkpoint_config", "num_samples", "tune_config")
+EXPERIMENT_KEYS = (
+    "env",
+    "run",
+    "stop",
+    "config",
+    "checkpoint_config",
+    "failure_config",
+    "num_samples",
+    "tune_config",
+)
+FAILURE_KEYS = ("max_failures", "fail_fast")
 CHECKPOINT_KEYS = (
     "num_to_keep",
     "checkpoint_score_attribute",
@@ -188,9 +199,18 @@ def load_experiments(path: str) -> dict[str, dict[str, Any]]:
         for key in ("run", "env"):
             if key not in spec:
                 raise UsageError(f"Experiment {name!r} has no {key!r} key.")
-        for key in ("stop", "config", "checkpoint_config", "tune_config"):
+        for key in ("stop", "config", "checkpoint_config", "failure_config", "tune_config"):
             if not isinstance(spec.get(key, {}), dict):
                 raise UsageError(f"Experiment {name!r}: {key!r} must be a mapping.")
+        for key, value in spec.get("failure_config", {}).items():
+            if key not in FAILURE_KEYS:
+                raise UsageError(
+                    f"Experiment {name!r}: unknown failure_config key {key!r}; valid: {', '.join(FAILURE_KEYS)}."
+                )
+            if key == "max_failures" and (not isinstance(value, int) or isinstance(value, bool) or value < -1):
+                raise UsageError(
+                    f"Experiment {name!r}: failure_config.max_failures must be an integer >= 0 (-1: always), got {value!r}."
+                )
         samples = spec.get("num_samples", 1)
         if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
             raise UsageError(f"Experiment {name!r}: num_samples must be an integer >= 1, got {samples!r}.")
@@ -302,18 +322,28 @@ class Experiment:
     memory_plan: Any = None  # π0 / π0.5 on GPUs: the MemoryPlan of a learner and an env runner
     num_samples: int = 1
     tune_config: dict[str, Any] = field(default_factory=dict)  # see rllib_pirl.searches
+    failure_config: dict[str, Any] = field(default_factory=dict)  # Tune's FailureConfig
 
     def param_space(self) -> dict[str, Any]:
         """The config as Tune's ``param_space`` (sampled values as Tune's search spaces).
-        Under PBT, whose trials continue from each other's checkpoints, every trial builds
-        the same frozen weights (one ``model_config.init_seed`` for the population): only
-        trainable weights travel to the env runners, which check that the frozen ones agree."""
+
+        ``model_config.init_seed`` (the seed of the initial weights, equal in every process
+        of a trial: only trainable weights travel to the env runners, which check that the
+        frozen ones agree) is fixed when Tune creates the trial — the trial's ``seed``, else
+        drawn — so that a trial restored in new processes (``--resume``, a restarted trial)
+        builds the frozen weights of its checkpoint. Under PBT, whose trials continue from
+        each other's checkpoints, the whole population gets one."""
+        from ray import tune
+
         space = tune_space(config_dict_for_rllib(self.config))
         model_config = space.get("_model_config", {})
-        if self.scheduler_type() == "pbt" and "init_seed" not in model_config:
-            seed = self.config.get("seed")
-            seed = seed if isinstance(seed, int) else zlib.crc32(self.name.encode()) % 2**31
-            space["_model_config"] = dict(model_config, init_seed=seed)
+        if "init_seed" not in model_config:
+            if self.scheduler_type() == "pbt":
+                seed = self.config.get("seed")
+                init_seed = seed if isinstance(seed, int) else zlib.crc32(self.name.encode()) % 2**31
+            else:
+                init_seed = tune.sample_from(_trial_init_seed)
+            space["_model_config"] = dict(model_config, init_seed=init_seed)
         return dict(space, env=self.env)
 
     def scheduler_type(self) -> str:
@@ -334,6 +364,11 @@ class Experiment:
             max_concurrent_trials=self.tune_config.get("max_concurrent_trials"),
             time_budget_s=self.tune_config.get("time_budget_s"),
         )
+
+
+def _trial_init_seed(spec) -> int:
+    seed = spec.config.get("seed")
+    return seed if isinstance(seed, int) else secrets.randbelow(2**31)
 
 
 def gpu_memory_gib() -> float | None:
@@ -388,6 +423,7 @@ def prepare_experiments(
                 memory_plan=check_memory(name, algo_config, gpu_gib),
                 num_samples=spec.get("num_samples", 1),
                 tune_config=spec.get("tune_config", {}),
+                failure_config=spec.get("failure_config", {}),
             )
         )
     return experiments
@@ -404,39 +440,58 @@ def check_cluster(experiments: list[Experiment], address: str | None = None, res
             check_resources(experiment.name, experiment.algo_cls, experiment.algo_config)
 
 
+def storage_root(storage_path: str | None) -> str:
+    return os.path.abspath(os.path.expanduser(storage_path or "~/ray_results"))
+
+
+def check_resumable(experiments: list[Experiment], storage_path: str | None) -> dict[str, bool]:
+    """For ``--resume``: which experiments have a saved state to continue (Tune's experiment
+    state in ``storage_path/name``); the others start afresh. A :class:`UsageError` when none
+    has one, naming where it looked."""
+    from ray import tune
+
+    root = storage_root(storage_path)
+    resumable = {e.name: tune.Tuner.can_restore(os.path.join(root, e.name)) for e in experiments}
+    if not any(resumable.values()):
+        looked = ", ".join(os.path.join(root, e.name) for e in experiments)
+        raise UsageError(
+            f"--resume: no experiment to continue: no Tune experiment state in {looked}. Give the --storage-path "
+            "of the interrupted run (default ~/ray_results), or start it without --resume."
+        )
+    return resumable
+
+
 def run_experiment(
     experiment: Experiment,
     storage_path: str | None = None,
     verbose: bool = True,
     address: str | None = None,
     resource_check: bool = True,
+    resume: bool = False,
 ):
     """Run ``experiment`` with Ray Tune on the cluster of :func:`check_cluster` (results,
     TensorBoard files and checkpoints under ``storage_path/name``, default ``~/ray_results``);
-    returns Tune's ``ResultGrid``. With ``verbose``, one progress line per trial result and
-    one summary line per trial."""
+    returns Tune's ``ResultGrid``. With ``resume``, continue the experiment saved there:
+    finished trials stay finished, unfinished and errored ones continue from their last
+    checkpoints (Tune's ``Tuner.restore``; its stopping criteria and search state are the
+    saved ones). With ``verbose``, one progress line per trial result and one summary line
+    per trial."""
     from ray import tune
 
     check_cluster([experiment], address, resource_check)
 
-    storage = os.path.abspath(os.path.expanduser(storage_path or "~/ray_results"))
+    storage = storage_root(storage_path)
     name = experiment.name
     if verbose:
-        print(f"== {name}: {experiment.algo_cls.__name__} on {experiment.env}, stop={experiment.stop}", flush=True)
+        what = "resuming" if resume else f"stop={experiment.stop}"
+        print(f"== {name}: {experiment.algo_cls.__name__} on {experiment.env}, {what}", flush=True)
         print(f"   results: {os.path.join(storage, name)}  (tensorboard --logdir {storage})", flush=True)
-    tuner = tune.Tuner(
-        experiment.algo_cls,
-        param_space=experiment.param_space(),
-        tune_config=experiment.tune_run_config(),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            stop=experiment.stop,
-            checkpoint_config=tune.CheckpointConfig(**{"checkpoint_at_end": True, **experiment.checkpoint_config}),
-            callbacks=[progress_callback()] if verbose else None,
-            verbose=1 if verbose else 0,
-        ),
-    )
+    if resume:
+        tuner = tune.Tuner.restore(
+            os.path.join(storage, name), trainable=experiment.algo_cls, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = _new_tuner(experiment, storage, verbose)
     results = tuner.fit()
     if verbose and experiment.is_search():
         print_best(results, experiment)
@@ -449,3 +504,23 @@ def run_experiment(
                 flush=True,
             )
     return results
+
+
+def _new_tuner(experiment: Experiment, storage: str, verbose: bool):
+    from ray import tune
+
+    name = experiment.name
+    return tune.Tuner(
+        experiment.algo_cls,
+        param_space=experiment.param_space(),
+        tune_config=experiment.tune_run_config(),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            stop=experiment.stop,
+            checkpoint_config=tune.CheckpointConfig(**{"checkpoint_at_end": True, **experiment.checkpoint_config}),
+            failure_config=tune.FailureConfig(**experiment.failure_config),
+            callbacks=[progress_callback()] if verbose else None,
+            verbose=1 if verbose else 0,
+        ),
+    )

@@ -109,6 +109,10 @@ exp:
         (GOOD % "noise_std_range: [0.3, 0.1]", "0 < min <= max, got min=0.3, max=0.1"),
         (GOOD % "num_denoise_steps: 0", "num_denoise_steps .K. must be an integer >= 1"),
         (GOOD.replace("stop:", "stopp:") % "", "unknown key 'stopp'"),
+        (
+            GOOD.replace("stop:", "failure_config: {max_failure: 1}\n  stop:") % "",
+            "unknown failure_config key 'max_failure'; valid: max_failures, fail_fast",
+        ),
         (GOOD.replace("run: FlowSDE", "run: no_such.module:Algo") % "", "cannot import 'no_such.module:Algo'"),
     ],
 )
