@@ -114,5 +114,5 @@ def test_a_crashed_trial_restarts_from_its_last_checkpoint_with_failure_config(t
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    first, restarted = iterations_by_process(storage)
+    _, restarted = iterations_by_process(storage)  # the first process, the restarted one
     assert restarted[0] >= 5 and (restarted[0] - 1) % 4 == 0 and restarted == list(range(restarted[0], 41))
