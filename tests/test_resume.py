@@ -29,14 +29,14 @@ resume-me:
 """
 
 
-def iterations_by_process(storage):
-    """The training iterations in the trial's result.json, per trainable process (pid)."""
+def iterations_by_process(storage, key="training_iteration"):
+    """``key`` of each result in the trial's result.json, per trainable process (pid)."""
     (result,) = glob.glob(os.path.join(storage, "resume-me", "*", "result.json"))
     by_pid = {}
     with open(result) as f:
         for line in f:
             row = json.loads(line)
-            by_pid.setdefault(row["pid"], []).append(row["training_iteration"])
+            by_pid.setdefault(row["pid"], []).append(row[key])
     return list(by_pid.values())
 
 
@@ -78,6 +78,9 @@ def test_a_run_killed_after_two_checkpoints_resumes_to_its_stop_with_iterations_
     resumed = iterations_by_process(storage)[-1]
     # continued from a checkpoint (every 4 iterations; the 2nd or a later one), not from 1, to the stop
     assert resumed[0] >= 9 and (resumed[0] - 1) % 4 == 0 and resumed == list(range(resumed[0], 41)), resumed
+    # the env-step count (what the lr and noise schedules read) continued too: >= 512 per iteration
+    steps = iterations_by_process(storage, "num_env_steps_sampled_lifetime")[-1]
+    assert steps[0] >= 512 * resumed[0], steps
     # the half-written folder was written over by a whole checkpoint (or that one was rotated out: num_to_keep)
     assert not os.path.exists(partial) or os.path.getsize(os.path.join(partial, "algorithm_state.pkl")) > 100
 
