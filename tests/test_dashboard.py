@@ -45,14 +45,14 @@ def ray_exe(name):
 @pytest.fixture
 def head_node(tmp_path):
     pytest.importorskip("aiohttp", reason="the dashboard needs ray[default]")
-    dashboard, metrics = free_port(), free_port()
+    gcs, dashboard, metrics = free_port(), free_port(), free_port()
     with open(tmp_path / "head.log", "w") as log:
         head = subprocess.Popen(
             [
                 ray_exe("ray"),
                 "start",
                 "--head",
-                f"--port={free_port()}",
+                f"--port={gcs}",
                 f"--dashboard-port={dashboard}",
                 "--dashboard-host=127.0.0.1",
                 f"--metrics-export-port={metrics}",
@@ -77,11 +77,18 @@ def head_node(tmp_path):
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        head.terminate()  # `ray start --block` stops the node's processes, then the rest of its group
         try:
             head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        finally:
+            try:
+                os.killpg(head.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # the head's address file would make later ray.init() calls join this (dead) cluster
+        current = "/tmp/ray/ray_current_cluster"
+        if os.path.exists(current) and open(current).read().strip().endswith(f":{gcs}"):
+            os.remove(current)
 
 
 def test_a_run_submitted_through_the_job_api_succeeds_and_its_metrics_reach_prometheus(head_node, tmp_path):
