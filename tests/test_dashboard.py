@@ -3,6 +3,7 @@ Prometheus endpoint. A head node of its own (`ray start --head --block`, ended b
 process group), beside the tests' session cluster."""
 
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -86,9 +87,9 @@ def head_node(tmp_path):
             except ProcessLookupError:
                 pass
         # the head's address file would make later ray.init() calls join this (dead) cluster
-        current = "/tmp/ray/ray_current_cluster"
-        if os.path.exists(current) and open(current).read().strip().endswith(f":{gcs}"):
-            os.remove(current)
+        current = pathlib.Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
+            current.unlink()
 
 
 def test_a_run_submitted_through_the_job_api_succeeds_and_its_metrics_reach_prometheus(head_node, tmp_path):
