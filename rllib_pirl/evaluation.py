@@ -65,6 +65,8 @@ class EvalResult:
     successes: list[bool] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)  # info["task"] of each episode, when the env reports it
+    #: (name, frames) of recorded episodes (``evaluate(..., keep_videos=True)``)
+    videos: list[tuple[str, list[np.ndarray]]] = field(default_factory=list)
 
     @property
     def mean_return(self) -> float:
@@ -87,7 +89,7 @@ class EvalResult:
 
     def extend(self, other: EvalResult) -> EvalResult:
         """Append the episodes of ``other`` (e.g. another task's)."""
-        for name in ("returns", "successes", "lengths", "tasks"):
+        for name in ("returns", "successes", "lengths", "tasks", "videos"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
@@ -150,6 +152,7 @@ def evaluate(
     progress=None,
     video_dir: str | None = None,
     video_episodes: int = 3,
+    keep_videos: bool = False,
 ) -> EvalResult:
     """Run ``episodes`` episodes, episode i reset with seed ``seed + i``.
 
@@ -158,13 +161,14 @@ def evaluate(
     ``clip_actions``). An episode succeeds when any step's ``info["success"]`` is true.
     With ``video_dir`` and camera observations ((H, W, 3) uint8 entries), the first
     ``video_episodes`` episodes are written there as mp4 (the cameras side by side,
-    one frame per policy step).
+    one frame per policy step); with ``keep_videos`` their frames are kept in the result.
     """
     result = EvalResult()
     for i in range(episodes):
         obs, info = env.reset(seed=seed + i)
         total, success, steps, done = 0.0, bool(info.get("success", False)), 0, False
-        frames = [] if video_dir and i < video_episodes and _camera_frame(obs) is not None else None
+        record = (video_dir or keep_videos) and i < video_episodes and _camera_frame(obs) is not None
+        frames = [] if record else None
         while not done:
             if frames is not None:
                 frames.append(_camera_frame(obs))
@@ -187,10 +191,95 @@ def evaluate(
         if frames:
             frames.append(_camera_frame(obs))
             task = f"{info['task']}_" if info.get("task") else ""
-            _write_video(frames, video_dir, f"{task}episode_{seed + i}_{'success' if success else 'failure'}.mp4")
+            name = f"{task}episode_{seed + i}_{'success' if success else 'failure'}"
+            if video_dir:
+                _write_video(frames, video_dir, name + ".mp4")
+            if keep_videos:
+                result.videos.append((name, frames))
         if progress is not None:
             progress(i + 1, result)
     return result
+
+
+# -- during training ------------------------------------------------------------------------
+def evaluate_during_training(algorithm, eval_env_runner_group=None):
+    """RLlib's ``custom_evaluation_function`` of the πRL algorithms (``evaluation_interval``):
+    what ``rllib evaluate`` does, on the current weights — the deterministic policy,
+    ``evaluation_duration`` episodes per task on the fixed seeds ``evaluation_seed + i`` (the
+    same episodes in every round, so rounds compare), one env at a time. Returns RLlib's
+    ``(metrics, env_steps, agent_steps)``; the metrics land under ``evaluation/`` in the
+    results (``evaluation/env_runners/success_rate``, its 95% interval, the mean return).
+    The first ``evaluation_videos`` episodes of camera envs go to the trial's TensorBoard
+    files as animated images (tag ``evaluation/<episode>``)."""
+    config = algorithm.config
+    module = algorithm.get_module()
+    result = EvalResult()
+    for make_env in evaluation_env_makers(config.env, config.env_config):
+        env = make_env()
+        try:
+            result.extend(
+                evaluate(
+                    module,
+                    env,
+                    config.evaluation_duration,
+                    seed=config.evaluation_seed,
+                    normalize_actions=config.normalize_actions,
+                    clip_actions=config.clip_actions,
+                    video_episodes=config.evaluation_videos,
+                    keep_videos=config.evaluation_videos > 0,
+                )
+            )
+        finally:
+            env.close()
+    lo, hi = result.success_ci95
+    runners = {
+        "episode_return_mean": result.mean_return,
+        "episode_len_mean": float(np.mean(result.lengths)),
+        "num_episodes": len(result.returns),
+        "success_rate": result.success_rate,
+        "success_rate_ci95_lo": lo,
+        "success_rate_ci95_hi": hi,
+    }
+    for task, (_, rate, _) in result.per_task().items():
+        runners[f"success_rate_{task}"] = rate
+    if result.videos and getattr(algorithm, "logdir", None):
+        write_tensorboard_videos(algorithm.logdir, result.videos, step=algorithm.iteration + 1)
+    # RLlib's new stack reads evaluation results from the algorithm's metrics (merged the way
+    # its evaluation env runners' metrics are), not from what this function returns.
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EVALUATION_RESULTS
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    logger = MetricsLogger()
+    for key, value in runners.items():
+        logger.log_value(key, value, window=1)
+    algorithm.metrics.aggregate([logger.reduce()], key=(EVALUATION_RESULTS, ENV_RUNNER_RESULTS))
+    steps = int(np.sum(result.lengths))
+    return {ENV_RUNNER_RESULTS: runners}, steps, steps
+
+
+def write_tensorboard_videos(logdir: str, videos, step: int, fps: int = 5) -> None:
+    """Episodes as animated GIF images in a TensorBoard event file in ``logdir`` (what
+    TensorBoard's Images tab plays; tensorboardX's ``add_video`` does the same through
+    moviepy, which this avoids): tag ``evaluation/<name>`` without the seed and outcome, so
+    that the rounds of one episode slot line up on the step slider."""
+    import imageio.v3 as iio
+    from tensorboardX import SummaryWriter
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    writer = SummaryWriter(logdir, filename_suffix=".evaluation_videos")
+    try:
+        for slot, (name, frames) in enumerate(videos):
+            frames = np.stack(frames)
+            gif = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+            height, width = frames.shape[1:3]
+            image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
+            tag = f"evaluation/episode_{slot}"
+            writer._get_file_writer().add_summary(
+                Summary(value=[Summary.Value(tag=tag, image=image)]), step
+            )
+            writer.add_text(f"{tag}/name", name, step)
+    finally:
+        writer.close()
 
 
 # -- policies from checkpoints ------------------------------------------------------------

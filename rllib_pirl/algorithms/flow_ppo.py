@@ -48,6 +48,9 @@ class FlowPPOConfig(PPOConfig):
         self.entropy_coeff = 0.0
         self.vf_loss_coeff = 1.0
         self.callbacks_class = SuccessRateCallback  # env_runners/success_rate
+        # Periodic evaluation (RLlib's evaluation_interval): `rllib evaluate`'s fixed seeds.
+        self.evaluation_seed = 100_000  # episode i of every round resets with seed evaluation_seed + i
+        self.evaluation_videos = 3  # episodes of camera envs written to TensorBoard per round
         self.env_runner_cls = FlowEnvRunner  # tells multi-task envs which runner they run in
 
     @override(PPOConfig)
@@ -95,6 +98,16 @@ class FlowPPOConfig(PPOConfig):
             # runners): frozen weights that no checkpoint gives are then equal everywhere.
             seed = self.seed if self.seed is not None else secrets.randbelow(2**31)
             self._model_config = dict(self._model_config, init_seed=seed)
+        if self.evaluation_interval and self.custom_evaluation_function is None and not self._is_frozen:
+            from rllib_pirl.evaluation import evaluate_during_training
+
+            episodes = self.evaluation_duration
+            if self.evaluation_duration_unit != "episodes" or not isinstance(episodes, int) or episodes < 1:
+                self._value_error(
+                    "evaluation_duration must be a number of episodes >= 1 (per task, on the seeds "
+                    f"evaluation_seed + i), got {episodes!r} {self.evaluation_duration_unit}."
+                )
+            self.custom_evaluation_function = evaluate_during_training
         from rllib_pirl.envs import ENVS, chunked_gym_config
 
         if not self._is_frozen:
@@ -145,6 +158,17 @@ class FlowPPO(PPO):
     the run's lifetime env steps (the count RLlib's ``lr`` schedules use); rollouts record
     the noise they used, which the learner's log-probs use (see ``FlowRLModule.exploration``).
     The values are reported under ``exploration/`` in the results."""
+
+    @classmethod
+    @override(PPO)
+    def _should_create_evaluation_env_runners(cls, eval_config) -> bool:
+        """The fixed-seed evaluation makes its own envs, one at a time: no evaluation env
+        runners (for a simulator, a second set of processes) unless asked for."""
+        from rllib_pirl.evaluation import evaluate_during_training
+
+        if eval_config.custom_evaluation_function is evaluate_during_training:
+            return eval_config.evaluation_num_env_runners > 0
+        return super()._should_create_evaluation_env_runners(eval_config)
 
     @override(PPO)
     def training_step(self) -> None:
