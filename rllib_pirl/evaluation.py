@@ -274,9 +274,7 @@ def write_tensorboard_videos(logdir: str, videos, step: int, fps: int = 5) -> No
             height, width = frames.shape[1:3]
             image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
             tag = f"evaluation/episode_{slot}"
-            writer._get_file_writer().add_summary(
-                Summary(value=[Summary.Value(tag=tag, image=image)]), step
-            )
+            writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
             writer.add_text(f"{tag}/name", name, step)
     finally:
         writer.close()

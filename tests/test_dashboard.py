@@ -20,9 +20,9 @@ JOB = """
 dash:
   env: PointReach
   run: FlowSDE
-  stop: {training_iteration: 30}
+  stop: {training_iteration: 12}
   config:
-    train_batch_size_per_learner: 512
+    train_batch_size_per_learner: 256
     minibatch_size: 32
     num_epochs: 1
     num_env_runners: 0
@@ -57,6 +57,11 @@ def head_node(tmp_path):
                 f"--dashboard-port={dashboard}",
                 "--dashboard-host=127.0.0.1",
                 f"--metrics-export-port={metrics}",
+                # every port of its own: the tests' session cluster (or any other Ray on this
+                # machine) holds the defaults, e.g. the dashboard agent's 52365
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}",
                 "--num-cpus=2",
                 "--include-dashboard=true",
                 "--block",
@@ -64,6 +69,7 @@ def head_node(tmp_path):
             start_new_session=True,
             stdout=log,
             stderr=log,
+            env=dict(os.environ, RAY_metrics_report_interval_ms="500"),  # metrics exported twice a second
         )
     try:
         deadline = time.time() + 120
@@ -98,9 +104,16 @@ def test_a_run_submitted_through_the_job_api_succeeds_and_its_metrics_reach_prom
     # the client send ~/.ray/auth_token, which `ray start` wrote
     cmd = [ray_exe("ray"), "job", "submit", f"--address={dashboard}", "--"]
     cmd += ["rllib", "train", "file", write(tmp_path, JOB), "--storage-path", str(tmp_path / "runs")]
-    with open(tmp_path / "job.log", "w") as log:
-        job = subprocess.Popen(cmd, stdout=log, stderr=log, env=dict(os.environ, RAY_AUTH_MODE="token"))
-    seen = {}
+    seen, deadline = {}, time.time() + 120
+    while True:  # the job agent registers a little after the dashboard answers
+        with open(tmp_path / "job.log", "w") as log:
+            job = subprocess.Popen(cmd, stdout=log, stderr=log, env=dict(os.environ, RAY_AUTH_MODE="token"))
+        while job.poll() is None and "submitted successfully" not in (tmp_path / "job.log").read_text():
+            time.sleep(0.2)
+        if job.poll() is None or "No available agent" not in (tmp_path / "job.log").read_text():
+            break
+        assert time.time() < deadline, (tmp_path / "job.log").read_text()[-3000:]
+        time.sleep(2)
     try:
         while job.poll() is None:
             try:

@@ -24,12 +24,20 @@ def test_every_round_evaluates_the_same_seeded_episodes(ray_session):
     assert 0 <= lo <= rate <= hi <= 1
 
 
-def test_a_duration_in_timesteps_is_refused():
-    config = FlowSDEConfig().environment("PointReach").evaluation(
-        evaluation_interval=1, evaluation_duration=100, evaluation_duration_unit="timesteps"
+def test_a_duration_in_timesteps_and_a_negative_seed_are_refused():
+    config = (
+        FlowSDEConfig()
+        .environment("PointReach")
+        .evaluation(evaluation_interval=1, evaluation_duration=100, evaluation_duration_unit="timesteps")
     )
     with pytest.raises(ValueError, match="evaluation_duration must be a number of episodes"):
         config.validate()
+    config = FlowSDEConfig().environment("PointReach").evaluation(evaluation_interval=1, evaluation_seed=-1)
+    with pytest.raises(ValueError, match="evaluation_seed must be an integer >= 0"):
+        config.validate()
+    # the yaml way (update_from_dict routes evaluation_* keys to evaluation())
+    config = FlowSDEConfig().update_from_dict({"evaluation_interval": 2, "evaluation_seed": 7, "evaluation_videos": 0})
+    assert (config.evaluation_seed, config.evaluation_videos) == (7, 0)
 
 
 def test_camera_episodes_reach_tensorboard_as_animated_images(ray_session, tmp_path):
@@ -44,9 +52,8 @@ def test_camera_episodes_reach_tensorboard_as_animated_images(ray_session, tmp_p
     tokenizer = train_tiny_tokenizer(str(tmp_path / "tok.model"), sorted(TASK_INSTRUCTIONS.values()))
     env_config = {"task": "PickCube-v1", "obs_mode": "rgb", "camera_size": 32, "max_episode_steps": 10}
     config = tiny_pi_rl_config(FlowSDEConfig, "ManiSkill", env_config, "pi0", tokenizer).evaluation(
-        evaluation_interval=1, evaluation_duration=2
+        evaluation_interval=1, evaluation_duration=2, evaluation_videos=1
     )
-    config.evaluation_videos = 1
     algo = config.build_algo()
     try:
         result = algo.train()

@@ -66,6 +66,18 @@ class FlowPPOConfig(PPOConfig):
                 setattr(self, key, value)
         return self
 
+    @override(PPOConfig)
+    def evaluation(self, *, evaluation_seed=NotProvided, evaluation_videos=NotProvided, **kwargs) -> FlowPPOConfig:
+        """RLlib's ``evaluation()`` plus the fixed-seed evaluation's keys: ``evaluation_seed``
+        (episode i of every round resets with seed evaluation_seed + i) and
+        ``evaluation_videos`` (episodes of camera envs per round written to TensorBoard)."""
+        super().evaluation(**kwargs)
+        if evaluation_seed is not NotProvided:
+            self.evaluation_seed = evaluation_seed
+        if evaluation_videos is not NotProvided:
+            self.evaluation_videos = evaluation_videos
+        return self
+
     def module_settings(self) -> FlowModuleSettings:
         return settings_of(FlowModuleSettings, self, exploration=self.flow_exploration)
 
@@ -107,6 +119,10 @@ class FlowPPOConfig(PPOConfig):
                     "evaluation_duration must be a number of episodes >= 1 (per task, on the seeds "
                     f"evaluation_seed + i), got {episodes!r} {self.evaluation_duration_unit}."
                 )
+            for key in ("evaluation_seed", "evaluation_videos"):
+                value = getattr(self, key)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    self._value_error(f"{key} must be an integer >= 0, got {value!r}.")
             self.custom_evaluation_function = evaluate_during_training
         from rllib_pirl.envs import ENVS, chunked_gym_config
 
