@@ -36,10 +36,12 @@ from rllib_pirl.models.checkpoint import is_model_checkpoint
 from rllib_pirl.searches import (
     candidates,
     has_space,
+    is_space,
     make_scheduler,
     make_search_alg,
     metric_and_mode,
     pbt_mutations_as_spaces,
+    scheduler_type,
     space_errors,
     tune_config_errors,
     tune_space,
@@ -162,8 +164,6 @@ def print_best(results, experiment: Experiment) -> None:
 
 
 def _searched_keys(experiment: Experiment):
-    from rllib_pirl.searches import is_space
-
     for key, value in experiment.config.items():
         if is_space(value):
             yield "_model_config" if key == "model_config" else key
@@ -271,10 +271,9 @@ def build_config(algo_cls, env, config: dict[str, Any], name: str, tune_config: 
     errors = space_errors(config) + tune_config_errors(tune_config or {}, config)
     if errors:
         raise UsageError(f"Experiment {name!r}: " + " ".join(errors))
-    scheduler = (tune_config or {}).get("scheduler")
     searched = dict(config)
-    if isinstance(scheduler, dict) and scheduler.get("type") == "pbt":
-        mutations = scheduler["hyperparam_mutations"]
+    if scheduler_type(tune_config or {}) == "pbt":
+        mutations = tune_config["scheduler"]["hyperparam_mutations"]
         default = algo_cls.get_default_config()
         for key in mutations:
             if not hasattr(default, default._translate_special_keys(key, warn_deprecated=False)):
@@ -347,8 +346,7 @@ class Experiment:
         return dict(space, env=self.env)
 
     def scheduler_type(self) -> str:
-        scheduler = self.tune_config.get("scheduler", "fifo")
-        return scheduler.get("type") if isinstance(scheduler, dict) else scheduler
+        return scheduler_type(self.tune_config)
 
     def is_search(self) -> bool:
         return self.num_samples > 1 or has_space(self.config) or bool(self.tune_config)

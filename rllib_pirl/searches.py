@@ -198,7 +198,8 @@ def tune_config_errors(tune_config: dict[str, Any], config: dict[str, Any]) -> l
         value = tune_config.get(key)
         if value is not None and (not _is_number(value) or value <= 0):
             errors.append(f"tune_config.{key} must be a number > 0, got {value!r}.")
-    kind, kwargs, error = _typed(tune_config.get("search_alg", "random"), SEARCH_ALGS, "search_alg")
+    search_kind, kwargs, error = _typed(tune_config.get("search_alg", "random"), SEARCH_ALGS, "search_alg")
+    kind = search_kind
     if error:
         errors.append(error)
     elif kind is not None:
@@ -223,13 +224,17 @@ def tune_config_errors(tune_config: dict[str, Any], config: dict[str, Any]) -> l
             )
         elif kind == "pbt":
             errors += space_errors(pbt_mutations_as_spaces(mutations), "tune_config.scheduler.hyperparam_mutations")
-            search = tune_config.get("search_alg", "random")
-            if (search.get("type") if isinstance(search, dict) else search) not in ("random", None):
+            if search_kind not in ("random", None):
                 errors.append(
                     "tune_config: pbt cannot be combined with a search algorithm (Tune's rule): drop search_alg; "
                     "PBT explores through hyperparam_mutations."
                 )
     return errors
+
+
+def scheduler_type(tune_config: dict[str, Any]) -> str | None:
+    """The scheduler's type of a ``tune_config`` ("fifo" when it has none; None when invalid)."""
+    return _typed(tune_config.get("scheduler", "fifo"), SCHEDULERS, "scheduler")[0]
 
 
 def pbt_mutations_as_spaces(mutations: dict[str, Any]) -> dict[str, Any]:
