@@ -41,6 +41,20 @@ def tiny_config(config_cls, **training):
     )
 
 
+def tiny_yaml_config(train_batch: int = 64) -> str:
+    """The ``config:`` body of a yaml experiment: ``tiny_config``'s small PointReach settings
+    (local sampling), indented to follow ``  config:``."""
+    return f"""
+    train_batch_size_per_learner: {train_batch}
+    minibatch_size: 32
+    num_epochs: 1
+    num_env_runners: 0
+    num_envs_per_env_runner: 4
+    action_chunk: 4
+    model_config: {{model_kwargs: {{hidden_sizes: [16, 16], value_hidden_sizes: [16]}}}}
+"""
+
+
 def tiny_pi_rl_config(config_cls, env, env_config, variant, tokenizer, num_envs=1, **model_kwargs):
     """A tiny π0 / π0.5 (``PiConfig.tiny``) on ``env`` with a small batch, local sampling."""
     from rllib_pirl.models.pi0 import PiConfig

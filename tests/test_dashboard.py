@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import tiny_yaml_config
 from test_cli import write
 
 JOB = """
@@ -21,15 +22,7 @@ dash:
   env: PointReach
   run: FlowSDE
   stop: {training_iteration: 12}
-  config:
-    train_batch_size_per_learner: 256
-    minibatch_size: 32
-    num_epochs: 1
-    num_env_runners: 0
-    num_envs_per_env_runner: 4
-    action_chunk: 4
-    model_config: {model_kwargs: {hidden_sizes: [16, 16], value_hidden_sizes: [16]}}
-"""
+  config:""" + tiny_yaml_config(256)
 METRICS = ("pirl_env_steps_per_s", "pirl_success_rate", "pirl_learner_samples_per_s", "pirl_iteration_time_s")
 
 

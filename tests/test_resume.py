@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from conftest import tiny_yaml_config
 from test_cli import rllib, write
 
 from rllib_pirl.cli import main
@@ -18,15 +19,7 @@ resume-me:
   run: FlowSDE
   stop: {training_iteration: 24}
   checkpoint_config: {checkpoint_frequency: 4, num_to_keep: 2}
-  config:
-    train_batch_size_per_learner: 256
-    minibatch_size: 32
-    num_epochs: 1
-    num_env_runners: 0
-    num_envs_per_env_runner: 4
-    action_chunk: 4
-    model_config: {model_kwargs: {hidden_sizes: [16, 16], value_hidden_sizes: [16]}}
-"""
+  config:""" + tiny_yaml_config(256)
 
 
 def iterations_by_process(storage, key="training_iteration"):
