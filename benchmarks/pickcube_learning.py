@@ -101,13 +101,16 @@ def plot(name):
     fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
 
 
-def build_example_algo(example: str):
+def build_example_algo(example: str, seed: int | None = None):
     """Start Ray on the 2 cores and build the algorithm of a tuned example (a file name
-    in tuned_examples/ or a path); returns ``(spec, algo)``."""
+    in tuned_examples/ or a path), with its training ``seed`` replaced when given;
+    returns ``(spec, algo)``."""
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     path = example if os.path.exists(example) else os.path.join(HERE, "..", "tuned_examples", example)
     ((name, spec),) = load_experiments(path).items()
+    if seed is not None:
+        spec["config"]["seed"] = seed
     return spec, build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name).build_algo()
 
 
@@ -116,6 +119,7 @@ def main():
     p.add_argument("--example", help="tuned example: a file name in tuned_examples/ or a path")
     p.add_argument("--label", help="name of the run in the CSV and plot (default: the algorithm)")
     p.add_argument("--results", default="pickcube_learning", help="CSV/PNG name in benchmarks/results")
+    p.add_argument("--seed", type=int, help="training seed (default: the example's)")
     p.add_argument("--save", help="write the final algorithm checkpoint to this folder")
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=40)
@@ -129,7 +133,7 @@ def main():
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_pickcube.yaml)")
-    spec, algo = build_example_algo(args.example)
+    spec, algo = build_example_algo(args.example, args.seed)
     label = args.label or spec["run"]
     env = make_maniskill_env(dict(algo.config.env_config))
     chunk = algo.config.action_chunk

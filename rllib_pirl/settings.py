@@ -26,6 +26,7 @@ from rllib_pirl.flow.chain import LOGPROB_REDUCTIONS
 EXPLORATIONS = ("sde", "noise")
 X0_CHOICES = ("zeros", "noise")
 PREFIX_CACHES = ("device", "cpu", "off")
+ADVANTAGE_ESTIMATORS = ("gae", "grpo")
 DTYPES = ("float32", "bfloat16")  # model_kwargs.dtype of π0 / π0.5
 
 
@@ -169,9 +170,30 @@ class FlowLearnerSettings:
     #: epochs and minibatches of an update: "device" (the learner's GPU), "cpu" (host memory,
     #: pinned when there is a GPU; copied per micro-batch) or "off" (recomputed in every forward)
     prefix_cache: str = "device"
+    #: "gae" (PPO's: a value head, GAE over each episode) or "grpo" (each episode's return against
+    #: those of its group, G episodes from one initial state; no value head is trained)
+    advantage_estimator: str = "gae"
+    group_size: int = 8  # GRPO: G, episodes per group (consecutive sub-envs of an env runner)
+    #: GRPO: [lo, hi] keeps only groups whose share of successful episodes is in the band (the
+    #: paper's [0.1, 0.9]); None keeps all
+    grpo_success_filter: tuple[float, float] | None = None
 
     def errors(self) -> list[str]:
         errors = []
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            errors.append(
+                f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}."
+            )
+        if not _is_int(self.group_size, 2):
+            errors.append(f"group_size must be an integer >= 2 (episodes per GRPO group), got {self.group_size!r}.")
+        band = self.grpo_success_filter
+        if band is not None and not (
+            _is_pair(band) and all(_is_number(v) for v in band) and 0 <= band[0] <= band[1] <= 1
+        ):
+            errors.append(
+                f"grpo_success_filter must be null or [lo, hi] with 0 <= lo <= hi <= 1 (success rates of a group), "
+                f"got {band!r}."
+            )
         if not _is_int(self.value_chunk_size, 1):
             errors.append(f"value_chunk_size must be an integer >= 1, got {self.value_chunk_size!r}.")
         if self.prefix_cache not in PREFIX_CACHES:

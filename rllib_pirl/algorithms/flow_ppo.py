@@ -148,6 +148,49 @@ class FlowPPOConfig(PPOConfig):
                 "set one of them (the env gets `action_chunk` from the config when "
                 "env_config has none)."
             )
+        if self.advantage_estimator == "grpo" and not self._is_frozen:
+            self._validate_grpo(entry)
+
+    def _validate_grpo(self, entry) -> None:
+        """GRPO's checks before anything starts; gives the env its ``group_size`` (the
+        sub-envs of a group share a task)."""
+        import math
+
+        import gymnasium as gym
+
+        G = self.group_size
+        if entry is None:
+            self._value_error(
+                f"advantage_estimator: grpo runs on rllib_pirl's registered envs (ManiSkill, LIBERO, PointReach, "
+                f"gymnasium ids), whose resets it seeds per group; got env {self.env!r}."
+            )
+        reason = entry.grouped_resets_error(self.env_config) if entry.grouped_resets_error else None
+        if reason:
+            self._value_error(reason)
+        if not entry.vector and gym.VectorizeMode(self.gym_env_vectorize_mode) != gym.VectorizeMode.SYNC:
+            self._value_error(
+                "advantage_estimator: grpo seeds each sub-env's resets, which gymnasium's async vector env "
+                "cannot: set gym_env_vectorize_mode: sync."
+            )
+        if self.num_envs_per_env_runner % G:
+            self._value_error(
+                f"num_envs_per_env_runner={self.num_envs_per_env_runner} is not a multiple of group_size={G}: a GRPO "
+                f"group is {G} sub-envs of one env runner (e.g. num_envs_per_env_runner: {G * max(1, round(self.num_envs_per_env_runner / G))})."
+            )
+        limit = entry.max_episode_steps(self.env_config) if entry.max_episode_steps else None
+        if limit is None:
+            self._value_error("advantage_estimator: grpo needs episodes with a step limit (env max_episode_steps).")
+        longest = G * math.ceil(limit / self.action_chunk)
+        if self.total_train_batch_size < longest:
+            self._value_error(
+                f"The train batch ({self.total_train_batch_size} policy steps) cannot hold one whole GRPO group: "
+                f"{G} episodes of up to {math.ceil(limit / self.action_chunk)} policy steps (max_episode_steps "
+                f"{limit} / action_chunk {self.action_chunk}) = {longest}. Raise train_batch_size_per_learner or "
+                "lower group_size."
+            )
+        self.env_config = dict(self.env_config, group_size=G)
+        if (self.num_learners or 0) > 1:  # the value head gets no gradients: DDP must not wait for them
+            self.torch_ddp_kwargs = {"find_unused_parameters": True, **(self.torch_ddp_kwargs or {})}
 
     @override(PPOConfig)
     def get_default_learner_class(self):

@@ -13,7 +13,7 @@ from ray.rllib.algorithms.ppo.ppo import (
 )
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
-from ray.rllib.connectors.learner import GeneralAdvantageEstimation
+from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate, GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
@@ -21,6 +21,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import explained_variance
 
+from rllib_pirl.algorithms.grpo import GroupAdvantages
 from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD, FlowRLModule, num_rows, rows_of
 
 CLIP_FRACTION_KEY = "clip_fraction"
@@ -71,7 +72,9 @@ class AddOldValues(ConnectorV2):
 
 
 class FlowPPOTorchLearner(PPOTorchLearner):
-    """Loss = −surrogate + c_v·value loss − c_e·entropy (log-probs in fp32).
+    """Loss = −surrogate + c_v·value loss − c_e·entropy (log-probs in fp32); with
+    ``advantage_estimator: grpo`` the advantages are GRPO's (:mod:`.grpo`) and there is no
+    value loss.
 
     The actor (everything but the value head) uses ``lr``; the value head ``value_lr``.
     """
@@ -84,6 +87,12 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                 GeneralAdvantageEstimation,
                 AddOldValues(chunk_size=self.config.value_chunk_size, prefix_cache=self.config.prefix_cache),
             )
+            if self.config.advantage_estimator == "grpo":
+                # Each episode's group advantage in place of GAE, which needed the extra
+                # bootstrap step that AddOneTsToEpisodesAndTruncate appends.
+                self._learner_connector.insert_after(GeneralAdvantageEstimation, GroupAdvantages())
+                self._learner_connector.remove(GeneralAdvantageEstimation)
+                self._learner_connector.remove(AddOneTsToEpisodesAndTruncate)
 
     @override(PPOTorchLearner)
     def update(self, *args, **kwargs):
@@ -137,11 +146,14 @@ class FlowPPOTorchLearner(PPOTorchLearner):
         # k3 estimator of KL(old‖new), averaged over the N ratios.
         approx_kl = masked_mean(((ratio - 1) - log_ratio).mean(1))
 
-        values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS))
         targets = batch[Postprocessing.VALUE_TARGETS].float()
-        vf_loss = clipped_huber_value_loss(
-            values, batch[Columns.VF_PREDS].float(), targets, config.vf_huber_delta, config.value_clip_param
-        )
+        if config.advantage_estimator == "grpo":  # no critic: its value head is neither trained nor used
+            values, vf_loss = None, torch.zeros_like(surrogate)
+        else:
+            values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS))
+            vf_loss = clipped_huber_value_loss(
+                values, batch[Columns.VF_PREDS].float(), targets, config.vf_huber_delta, config.value_clip_param
+            )
         entropy = fwd_out[ENTROPY]
         entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
         total = masked_mean(-surrogate + config.vf_loss_coeff * vf_loss - entropy_coeff * entropy)
@@ -149,14 +161,19 @@ class FlowPPOTorchLearner(PPOTorchLearner):
             total = total + self.curr_kl_coeffs_per_module[module_id] * approx_kl
 
         valid = mask if mask is not None else slice(None)
-        self._log_loss_metrics(
-            module_id,
-            {
-                POLICY_LOSS_KEY: -masked_mean(surrogate),
+        critic = {}
+        if values is not None:
+            critic = {
                 VF_LOSS_KEY: masked_mean(vf_loss),
                 LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY: masked_mean(
                     torch.nn.functional.huber_loss(values, targets, delta=config.vf_huber_delta, reduction="none")
                 ),
+            }
+        self._log_loss_metrics(
+            module_id,
+            {
+                POLICY_LOSS_KEY: -masked_mean(surrogate),
+                **critic,
                 ENTROPY_KEY: masked_mean(entropy),
                 LEARNER_RESULTS_KL_KEY: approx_kl,
                 APPROX_KL_KEY: approx_kl,
@@ -165,8 +182,8 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                 NOISE_STD_KEY: masked_mean(fwd_out[NOISE_STD]),
             },
             weight=float(mask.sum()) if mask is not None else len(targets),
-            targets=targets[valid].detach(),
-            values=values[valid].detach(),
+            targets=targets[valid].detach() if values is not None else None,
+            values=values[valid].detach() if values is not None else None,
         )
         return total
 
@@ -178,7 +195,8 @@ class FlowPPOTorchLearner(PPOTorchLearner):
         if self._micro_metrics is not None:
             self._micro_metrics.setdefault(module_id, []).append((weight, means, targets, values))
             return
-        means = dict(means, **{LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained_variance(targets, values)})
+        if values is not None:
+            means = dict(means, **{LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained_variance(targets, values)})
         self.metrics.log_dict(means, key=module_id, window=1)
 
     def _log_micro_batch_metrics(self) -> None:
@@ -186,8 +204,9 @@ class FlowPPOTorchLearner(PPOTorchLearner):
         for module_id, rows in parts.items():
             total = sum(w for w, *_ in rows)
             means = {key: sum(w * m[key].detach() for w, m, *_ in rows) / total for key in rows[0][1]}
-            targets = torch.cat([t for *_, t, _ in rows])
-            values = torch.cat([v for *_, v in rows])
+            critic = rows[0][3] is not None
+            targets = torch.cat([t for *_, t, _ in rows]) if critic else None
+            values = torch.cat([v for *_, v in rows]) if critic else None
             self._log_loss_metrics(module_id, means, total, targets, values)
 
     _micro_metrics: dict | None = None

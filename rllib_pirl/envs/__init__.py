@@ -35,13 +35,19 @@ def chunked_gym_config(env, env_config) -> dict | None:
     if not isinstance(env, str) or env not in gym.registry or _global_registry.contains(ENV_CREATOR, env):
         return None
     config = dict(env_config or {})
-    chunk = config.pop("action_chunk", None)
-    return {"id": env, "kwargs": config, **({"action_chunk": chunk} if chunk is not None else {})}
+    outer = {key: config.pop(key) for key in ("action_chunk", "group_size") if key in config}
+    return {"id": env, "kwargs": config, **outer}
+
+
+def _spec_limit(env_id) -> int | None:
+    """The step limit gymnasium registered for ``env_id`` (None: none or unknown id)."""
+    return gym.spec(env_id).max_episode_steps if env_id in gym.registry else None
 
 
 def make_point_reach(env_config) -> gym.Env:
     """Env creator of the registered ``PointReach`` env (chunked PointReach-v0)."""
     config = dict(env_config or {})
+    config.pop("group_size", None)  # the algorithm's (GRPO), not the env's
     chunk = int(config.pop("action_chunk", 1))
     return make_chunked_gym_env({"id": "rllib_pirl/PointReach-v0", "action_chunk": chunk, "kwargs": config})
 
@@ -65,17 +71,24 @@ class EnvEntry:
     #: env_config → how many fixed initial states each task has (evaluation episode i starts
     #: from initial state seed + i, and asks for no more); None: any reset seed is an episode
     initial_states: Callable | None = None
+    #: env_config → the env's episode step limit (GRPO checks that a train batch holds whole
+    #: groups); None: unknown
+    max_episode_steps: Callable | None = None
+    #: env_config → why GRPO's grouped, seeded resets cannot run with it (None: they can)
+    grouped_resets_error: Callable | None = None
 
 
 #: The envs that importing ``rllib_pirl.algorithms`` registers with Ray Tune, by name.
 ENVS: dict[str, EnvEntry] = {
-    "ChunkedGym": EnvEntry(make_chunked_gym_env),
-    "PointReach": EnvEntry(make_point_reach),
+    "ChunkedGym": EnvEntry(make_chunked_gym_env, max_episode_steps=lambda c: _spec_limit((c or {}).get("id"))),
+    "PointReach": EnvEntry(make_point_reach, max_episode_steps=lambda c: _spec_limit("rllib_pirl/PointReach-v0")),
     "ManiSkill": EnvEntry(
         deferred("rllib_pirl.envs.maniskill:make_maniskill_env"),
         vector=True,
         task_makers=deferred("rllib_pirl.envs.maniskill:make_maniskill_task_makers"),
         instructions=deferred("rllib_pirl.envs.maniskill:instructions"),
+        max_episode_steps=deferred("rllib_pirl.envs.maniskill:max_episode_steps"),
+        grouped_resets_error=deferred("rllib_pirl.envs.maniskill:grouped_resets_error"),
     ),
     "LIBERO": EnvEntry(
         deferred("rllib_pirl.envs.libero:make_libero_env"),
@@ -83,6 +96,7 @@ ENVS: dict[str, EnvEntry] = {
         task_makers=deferred("rllib_pirl.envs.libero:make_libero_task_makers"),
         instructions=deferred("rllib_pirl.envs.libero:instructions"),
         initial_states=deferred("rllib_pirl.envs.libero:num_initial_states"),
+        max_episode_steps=deferred("rllib_pirl.envs.libero:max_episode_steps"),
     ),
 }
 

@@ -7,10 +7,11 @@ from typing import Any
 
 def dataclass_kwargs(cls, env_config, env_name: str) -> dict[str, Any]:
     """The keyword arguments of the dataclass ``cls`` from an ``env_config``: RLlib's
-    ``num_envs`` dropped, ``task`` accepted for a one-element ``tasks``, unknown keys refused
+    ``num_envs`` and the algorithm's ``group_size`` (GRPO) dropped, ``task`` accepted for a one-element ``tasks``, unknown keys refused
     with the valid ones listed."""
     config = dict(env_config or {})
     config.pop("num_envs", None)
+    config.pop("group_size", None)
     if "task" in config:
         if "tasks" in config:
             raise ValueError("Give either env_config.task or env_config.tasks, not both.")

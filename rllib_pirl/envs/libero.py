@@ -335,7 +335,12 @@ def make_libero_env(env_config) -> gym.Env:
     config = LiberoConfig.from_env_config(env_config)
     if num_envs is None:
         return make_task_env(config, 0)
-    return worker_vector_env(make_task_env, config, num_envs)
+    return worker_vector_env(make_task_env, config, num_envs, int(env_config.get("group_size", 1)))
+
+
+def max_episode_steps(env_config) -> int:
+    """The episode step limit of ``env_config`` (default: its suite's)."""
+    return LiberoConfig.from_env_config(env_config).max_episode_steps
 
 
 def instructions(env_config) -> list[str]:

@@ -371,13 +371,30 @@ def make_maniskill_env(env_config) -> gym.Env:
     if num_envs is None:  # single envs (evaluation) always simulate on the CPU
         return make_task_env(config, 0)
     backend = config.backend
+    group_size = int(env_config.get("group_size", 1))
     if backend == "auto":  # the GPU simulates one task per process: a suite stays on the CPU
-        backend = resolve_backend(backend) if len(config.tasks) == 1 else "cpu"
+        # GRPO seeds each sub-env's resets: only the CPU simulation (one env per process) can.
+        backend = resolve_backend(backend) if len(config.tasks) == 1 and group_size == 1 else "cpu"
     if backend == "gpu":
         from rllib_pirl.envs.maniskill_batched import ManiSkillBatchedVectorEnv
 
         return ManiSkillBatchedVectorEnv(config, num_envs)
-    return worker_vector_env(make_task_env, config, num_envs)
+    return worker_vector_env(make_task_env, config, num_envs, group_size)
+
+
+def max_episode_steps(env_config) -> int:
+    """The episode step limit of ``env_config``."""
+    return ManiSkillConfig.from_env_config(env_config).max_episode_steps
+
+
+def grouped_resets_error(env_config) -> str | None:
+    """Why GRPO's grouped resets cannot run with this env_config (None: they can)."""
+    if (env_config or {}).get("backend") == "gpu":
+        return (
+            "GRPO needs every sub-env's reset seeded on its own; the GPU simulation resets its envs together. "
+            "Set env_config.backend: cpu (or auto, which picks the CPU for GRPO)."
+        )
+    return None
 
 
 def instructions(env_config) -> list[str]:

@@ -16,6 +16,8 @@ from gymnasium.vector import async_vector_env
 from gymnasium.vector.async_vector_env import AsyncState, _async_worker
 from gymnasium.vector.utils import CloudpickleWrapper, concatenate, iterate
 
+from rllib_pirl.envs.groups import SeededResets
+
 logger = logging.getLogger(__name__)
 
 #: The slot (0 .. #sampling env runners − 1) of the env runner that is making its env, set by
@@ -183,12 +185,18 @@ class RestartingAsyncVectorEnv(gym.vector.AsyncVectorEnv):
         return (deepcopy(self.observations) if self.copy else self.observations), infos
 
 
-def worker_vector_env(make_task_env: Callable, config, num_envs: int) -> RestartingAsyncVectorEnv:
-    """``num_envs`` worker processes, sub-env i made by ``make_task_env(config, offset + i)``
-    where the offset continues the index across RLlib's env runners (``RUNNER_SLOT · num_envs``,
-    so that the runners together cover ``#runners × num_envs`` task slots); gymnasium's
-    next-step autoreset, which RLlib assumes; a dead simulator is restarted
+def _seeded(make_task_env: Callable, config, index: int) -> gym.Env:
+    return SeededResets(make_task_env(config, index))
+
+
+def worker_vector_env(make_task_env: Callable, config, num_envs: int, group_size: int = 1) -> RestartingAsyncVectorEnv:
+    """``num_envs`` worker processes, sub-env i made by ``make_task_env(config, (offset + i) //
+    group_size)`` where the offset continues the index across RLlib's env runners
+    (``RUNNER_SLOT · num_envs``, so that the runners together cover ``#runners × num_envs`` task
+    slots) and a GRPO group (``group_size`` consecutive sub-envs) shares one task; gymnasium's
+    next-step autoreset, which RLlib assumes; each sub-env's autoreset can be seeded
+    (:class:`~rllib_pirl.envs.groups.SeededResets`); a dead simulator is restarted
     (:class:`RestartingAsyncVectorEnv`)."""
     offset = RUNNER_SLOT.get() * num_envs
-    fns = [functools.partial(make_task_env, config, offset + i) for i in range(num_envs)]
+    fns = [functools.partial(_seeded, make_task_env, config, (offset + i) // group_size) for i in range(num_envs)]
     return RestartingAsyncVectorEnv(fns, context="forkserver", autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
