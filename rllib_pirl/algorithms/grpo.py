@@ -158,4 +158,3 @@ class GroupAdvantages(ConnectorV2):
             module_batch[Postprocessing.ADVANTAGES] = torch.as_tensor(advantages, device=device)
             module_batch[Postprocessing.VALUE_TARGETS] = torch.zeros(len(advantages), device=device)
         return batch
-

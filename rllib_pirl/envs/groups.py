@@ -69,7 +69,7 @@ class GroupedResets(gym.vector.VectorWrapper):
         if isinstance(vec, gym.vector.SyncVectorEnv):
             vec.envs = [e if isinstance(e, SeededResets) else SeededResets(e) for e in vec.envs]
         elif not isinstance(vec, RestartingAsyncVectorEnv):
-            raise ValueError(
+            raise TypeError(
                 f"GRPO needs resets it can seed per sub-env; {type(vec).__name__} cannot (use the CPU simulator: "
                 "ManiSkill env_config.backend: cpu, or gym_env_vectorize_mode: sync)."
             )
