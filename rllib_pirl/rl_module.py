@@ -66,6 +66,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         self.noise_level, self.noise_std_range = settings.noise_at(0)
         self.logprob_reduction, self.exploration_kind = settings.logprob_reduction, settings.exploration
         self.inference_x0, self.exploration_x0 = settings.inference_x0, settings.exploration_x0
+        self.sde_steps = settings.sde_steps
         if space.shape[0] != self.action_chunk:
             raise ValueError(
                 f"The env executes chunks of {space.shape[0]} actions but config "
@@ -103,7 +104,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         changes the likelihood the ratios compare."""
         if self.exploration_kind == "sde":
             level = batch[NOISE_LEVEL] if batch is not None and NOISE_LEVEL in batch else self.noise_level
-            return SDEExploration(level)
+            return SDEExploration(level, all_steps=self.sde_steps == "all")
         bounds = self.noise_std_range
         if batch is not None and NOISE_RANGE in batch:
             bounds = (batch[NOISE_RANGE][:, 0], batch[NOISE_RANGE][:, 1])

@@ -25,6 +25,7 @@ from rllib_pirl.flow.chain import LOGPROB_REDUCTIONS
 
 EXPLORATIONS = ("sde", "noise")
 X0_CHOICES = ("zeros", "noise")
+SDE_STEPS = ("one", "all")
 PREFIX_CACHES = ("device", "cpu", "off")
 ADVANTAGE_ESTIMATORS = ("gae", "grpo")
 DTYPES = ("float32", "bfloat16")  # model_kwargs.dtype of π0 / π0.5
@@ -114,6 +115,8 @@ class FlowModuleSettings:
     logprob_reduction: str = "sum"  # "sum": one ratio per chunk; "per_element": one per action element
     inference_x0: str = "zeros"  # the deterministic policy starts from "zeros" or "noise"
     exploration_x0: str = "noise"  # exploration chains start from "noise" (the paper) or "zeros"
+    #: Flow-SDE: "one" random denoising step per rollout call is stochastic (the paper's), or "all"
+    sde_steps: str = "one"
     exploration: str = "sde"  # "sde" (Flow-SDE) or "noise" (Flow-Noise); fixed by the algorithm
 
     def errors(self) -> list[str]:
@@ -130,6 +133,8 @@ class FlowModuleSettings:
         for name in ("inference_x0", "exploration_x0"):
             if getattr(self, name) not in X0_CHOICES:
                 errors.append(f"{name} must be one of {X0_CHOICES}, got {getattr(self, name)!r}.")
+        if self.sde_steps not in SDE_STEPS:
+            errors.append(f"sde_steps must be one of {SDE_STEPS}, got {self.sde_steps!r}.")
         if self.exploration not in EXPLORATIONS:
             errors.append(f"exploration must be one of {EXPLORATIONS}, got {self.exploration!r}.")
         return errors

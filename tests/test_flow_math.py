@@ -175,6 +175,24 @@ def test_flow_sde_chain_has_one_stochastic_step_and_recomputes_exactly():
     assert torch.allclose(again.log_prob, torch.cat([chain.log_prob, other.log_prob]), atol=1e-5)
 
 
+def test_flow_sde_with_all_steps_stochastic_sums_every_sde_step():
+    velocity_fn, _ = _toy_velocity(seed=4)
+    K = 4
+    chain = sample_chain(velocity_fn, torch.randn(6, 5, 3), K, SDEExploration(0.5, all_steps=True))
+    assert chain.steps.tolist() == [list(range(K))] * 6
+    # Independently: Σ_k log N(x_{k+1}; mean_k, σ_k²) of the K SDE steps (no prior term).
+    x = chain.latents
+    expected = torch.zeros_like(x[:, 0])
+    for k in range(K):
+        t = torch.full((6,), 1 - k / K)
+        v, _ = velocity_fn(x[:, k], t)
+        mean, std = sde_step(x[:, k], v, t, 1 / K, 0.5)
+        expected = expected + torch.distributions.Normal(mean, std).log_prob(x[:, k + 1])
+    assert torch.allclose(chain.log_prob, expected, atol=1e-5)
+    again = chain_log_prob(velocity_fn, chain.latents, chain.steps, SDEExploration(0.5, all_steps=True))
+    assert torch.allclose(again.log_prob, chain.log_prob, atol=1e-5)
+
+
 def test_deterministic_chain_is_the_ode():
     velocity_fn, _ = _toy_velocity(seed=5)
     x0 = torch.randn(3, 2, 3)

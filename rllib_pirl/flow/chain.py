@@ -47,12 +47,16 @@ class Exploration(abc.ABC):
 
 class SDEExploration(Exploration):
     """Flow-SDE's hybrid sampling: ONE step k* ~ U{0..K−1} per rollout call (shared
-    by the batch) is an SDE step (:func:`sde_step`), all the others are ODE steps."""
+    by the batch) is an SDE step (:func:`sde_step`), all the others are ODE steps;
+    with ``all_steps`` every step is an SDE step (the variant the paper compares with:
+    K log-densities per chain, K× the learner's velocity evaluations)."""
 
-    def __init__(self, noise_level: float):
-        self.noise_level = noise_level
+    def __init__(self, noise_level: float, all_steps: bool = False):
+        self.noise_level, self.all_steps = noise_level, all_steps
 
     def stochastic_steps(self, num_steps, generator=None):
+        if self.all_steps:
+            return torch.arange(num_steps)
         return torch.randint(num_steps, (1,), generator=generator)
 
     def transition(self, x, v, hidden, t, dt):
