@@ -3,7 +3,8 @@
 1. Rollout: Flow-SDE exploration forward (stochastic chain + log-prob)
    relative to the deterministic ODE forward (inference). Target ≤ 1.1×.
 2. Learner: cost per sample of one forward + backward of the loss, Flow-SDE
-   relative to Flow-Noise at K = 4. Target ≤ 0.4×.
+   relative to Flow-Noise at K = 4. Target ≤ 0.4×. And Flow-SDE's one stochastic step
+   relative to all K stochastic (``sde_steps: all``).
 
 Timings are interleaved: every round runs each side back to back, and a ratio is
 the median over rounds of the per-round ratio, so that both sides of it see the
@@ -27,7 +28,7 @@ from rllib_pirl.algorithms.learner import clipped_huber_value_loss, ppo_surrogat
 from rllib_pirl.rl_module import LATENTS, LOGP, STEPS, FlowRLModule
 
 
-def make_module(exploration, obs_dim, chunk, action_dim, K, hidden):
+def make_module(exploration, obs_dim, chunk, action_dim, K, hidden, sde_steps="one"):
     torch.manual_seed(0)
     return FlowRLModule(
         observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
@@ -36,6 +37,7 @@ def make_module(exploration, obs_dim, chunk, action_dim, K, hidden):
             "num_denoise_steps": K,
             "action_chunk": chunk,
             "exploration": exploration,
+            "sde_steps": sde_steps,
             "logprob_reduction": "per_element",
             "model_kwargs": {"hidden_sizes": (hidden,) * 3, "value_hidden_sizes": (hidden, hidden)},
         },
@@ -123,10 +125,17 @@ def main():
 
         return step
 
-    sde_s, noise_s = interleaved([learner_step(sde), learner_step(noise)], args.rounds, args.reps)
+    sde_all = make_module("sde", *shape, sde_steps="all")
+    sde_s, noise_s, all_s = interleaved(
+        [learner_step(sde), learner_step(noise), learner_step(sde_all)], args.rounds, args.reps
+    )
     ratio, sde_l, noise_l = paired_ratio(sde_s, noise_s)
+    ratio_all, _, all_l = paired_ratio(sde_s, all_s)
     print(f"learner per sample  Flow-Noise  {noise_l / args.batch * 1e6:8.2f} us")
     print(f"learner per sample  Flow-SDE    {sde_l / args.batch * 1e6:8.2f} us   ratio {ratio:.3f}x  (target <= 0.4x)")
+    print(
+        f"learner per sample  Flow-SDE, all K steps stochastic {all_l / args.batch * 1e6:8.2f} us   one step / all: {ratio_all:.3f}x"
+    )
 
 
 if __name__ == "__main__":
