@@ -1,12 +1,14 @@
-"""Learning curves of Flow-SDE and Flow-Noise on PointReach (the tuned examples).
+"""Learning curves of Flow-SDE and Flow-Noise (PPO) and Flow-SDE with GRPO on PointReach
+(the tuned examples).
 
-Trains each algorithm from a random initialisation with the settings of
-``tuned_examples/flow_{sde,noise}_point_reach.yaml`` and evaluates the deterministic
+Trains each from a random initialisation with the settings of
+``tuned_examples/flow_{sde,noise}_point_reach.yaml`` and ``flow_sde_point_reach_grpo.yaml``
+and evaluates the deterministic
 policy every ``--eval-every`` iterations on fixed seeds (``--episodes``, seeds
 10000…). Writes ``benchmarks/results/point_reach_learning.{csv,png}`` and prints a
 table with 95% intervals.
 
-    python benchmarks/point_reach_learning.py [--iterations 150] [--eval-every 15] [--episodes 200]
+    python benchmarks/point_reach_learning.py [--iterations 200] [--eval-every 20] [--episodes 200]
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from rllib_pirl.evaluation import evaluate
 from rllib_pirl.experiments import build_config, load_experiments, resolve_algorithm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLES = {"FlowSDE": "flow_sde_point_reach.yaml", "FlowNoise": "flow_noise_point_reach.yaml"}
+EXAMPLES = {
+    "FlowSDE": "flow_sde_point_reach.yaml",
+    "FlowNoise": "flow_noise_point_reach.yaml",
+    "FlowSDE GRPO": "flow_sde_point_reach_grpo.yaml",
+}
 
 
-def run(example, iterations, eval_every, episodes, seed):
+def run(label, example, iterations, eval_every, episodes, seed):
     ((name, spec),) = load_experiments(os.path.join(HERE, "..", "tuned_examples", example)).items()
     config = build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name).debugging(seed=seed)
     algo = config.build_algo()
@@ -39,7 +45,7 @@ def run(example, iterations, eval_every, episodes, seed):
                 res = evaluate(algo.get_module(), env, episodes, seed=10_000)
                 rows.append(
                     {
-                        "algorithm": spec["run"],
+                        "algorithm": label,
                         "iteration": it,
                         "policy_steps": steps,
                         "wall_s": round(time.time() - start, 1),
@@ -52,7 +58,7 @@ def run(example, iterations, eval_every, episodes, seed):
                     }
                 )
                 print(
-                    f"{spec['run']:9s} iter {it:4d}  policy steps {steps:8d}  return {res.mean_return:6.3f} "
+                    f"{label:12s} iter {it:4d}  policy steps {steps:8d}  return {res.mean_return:6.3f} "
                     f"[{res.return_ci95[0]:.3f}, {res.return_ci95[1]:.3f}]  success {res.success_rate:.3f} "
                     f"[{res.success_ci95[0]:.3f}, {res.success_ci95[1]:.3f}]",
                     flush=True,
@@ -86,23 +92,23 @@ def plot(rows, path):
         ax.set_xlabel("policy steps, thousands (each executes a chunk of 4 env actions)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("PointReach: Flow-SDE vs Flow-Noise from a random flow policy (95% intervals)")
+    fig.suptitle("PointReach: Flow-SDE vs Flow-Noise (PPO) vs Flow-SDE GRPO from a random flow policy (95% intervals)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--iterations", type=int, default=150)
-    p.add_argument("--eval-every", type=int, default=15)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = []
-    for example in EXAMPLES.values():
-        rows += run(example, args.iterations, args.eval_every, args.episodes, args.seed)
+    for label, example in EXAMPLES.items():
+        rows += run(label, example, args.iterations, args.eval_every, args.episodes, args.seed)
     out = os.path.join(HERE, "results")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "point_reach_learning.csv"), "w", newline="") as f:
