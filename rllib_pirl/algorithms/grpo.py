@@ -153,6 +153,9 @@ class GroupAdvantages(ConnectorV2):
             ]
         )
         for module_batch in batch.values():
+            rows = len(module_batch[Columns.ACTIONS])
+            if rows != len(advantages):  # the batch is made from the same episodes, in this order
+                raise RuntimeError(f"GRPO: {len(advantages)} advantages for a train batch of {rows} rows.")
             actions = module_batch.get(Columns.ACTIONS)
             device = actions.device if torch.is_tensor(actions) else None
             module_batch[Postprocessing.ADVANTAGES] = torch.as_tensor(advantages, device=device)
