@@ -48,13 +48,12 @@ class FlowEnvRunner(SingleAgentEnvRunner):
         finally:
             RUNNER_SLOT.reset(token)
         if self.grouped:
-            from gymnasium.wrappers.vector import DictInfoToList
-
             from rllib_pirl.algorithms.grpo import GroupBuffer
             from rllib_pirl.envs.groups import GroupedResets
 
-            inner = self.env.env  # RLlib's DictInfoToList around the vector env
-            self.env = DictInfoToList(GroupedResets(inner, self.config.group_size, self.slot * self.num_envs))
+            # Inside RLlib's DictInfoToList (a new outer wrapper would close the vector env when
+            # the replaced one is garbage-collected).
+            self.env.env = GroupedResets(self.env.env, self.config.group_size, self.slot * self.num_envs)
             self._groups = GroupBuffer(self.config.group_size, self.config.grpo_success_filter)
 
     @override(SingleAgentEnvRunner)
