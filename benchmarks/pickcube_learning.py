@@ -151,10 +151,16 @@ def main():
                 env_steps = policy_steps * chunk  # upper bound: the last chunk of an episode may stop early
                 explore = round(float(runners.get("success_rate", float("nan"))), 3)
                 learner = result["learners"]["default_policy"]
+                groups = runners.get("grpo")  # GRPO: groups trained on / dropped by the filter
+                grpo = (
+                    f", groups {groups['groups_trained']:.0f} (filtered {groups['groups_filtered']:.0f})"
+                    if groups
+                    else ""
+                )
                 print(
                     f"  iter {it + 1}: policy steps {policy_steps}, explore success {explore}, "
                     f"return {runners.get('episode_return_mean', float('nan')):.3f}, kl {learner['approx_kl']:.4f}, "
-                    f"clip {learner['clip_fraction']:.3f}, vf_ev {learner['vf_explained_var']:.2f} "
+                    f"clip {learner['clip_fraction']:.3f}, vf_ev {learner.get('vf_explained_var', float('nan')):.2f}{grpo} "
                     f"({time.time() - start:.0f} s)",
                     flush=True,
                 )
