@@ -61,15 +61,13 @@ class FlowEnvRunner(SingleAgentEnvRunner):
         chunks = super().sample(**kwargs)
         if self._groups is None:
             return chunks
-        before = dict(self._groups.stats)
         self._groups.add(chunks)
         ready = self._groups.pop_ready()
-        stats = self._groups.stats
+        stats = self._groups.take_stats()
         for key in GRPO_COUNTS:
-            self.metrics.log_value(("grpo", key), stats[key] - before.get(key, 0.0), reduce="sum", clear_on_reduce=True)
-        completed = stats["groups_completed"] - before.get("groups_completed", 0.0)
-        if completed:
-            rate = (stats["group_success_sum"] - before.get("group_success_sum", 0.0)) / completed
+            self.metrics.log_value(("grpo", key), stats[key], reduce="sum", clear_on_reduce=True)
+        if stats["groups_completed"]:
+            rate = stats["group_success_sum"] / stats["groups_completed"]
             self.metrics.log_value(("grpo", "group_success_rate"), rate, window=20)
         self.metrics.log_value(("grpo", "groups_waiting"), len(self._groups), window=1)
         return ready

@@ -152,8 +152,8 @@ class FlowPPOConfig(PPOConfig):
             self._validate_grpo(entry)
 
     def _validate_grpo(self, entry) -> None:
-        """GRPO's checks before anything starts; gives the env its ``group_size`` (the
-        sub-envs of a group share a task)."""
+        """GRPO's checks before anything starts; gives an env that builds its own vector env
+        its ``group_size`` (the sub-envs of a group share a task)."""
         import math
 
         import gymnasium as gym
@@ -188,7 +188,8 @@ class FlowPPOConfig(PPOConfig):
                 f"{limit} / action_chunk {self.action_chunk}) = {longest}. Raise train_batch_size_per_learner or "
                 "lower group_size."
             )
-        self.env_config = dict(self.env_config, group_size=G)
+        if entry.vector:  # the env's own vector env gives a group's sub-envs one task
+            self.env_config = dict(self.env_config, group_size=G)
         if (self.num_learners or 0) > 1:  # the value head gets no gradients: DDP must not wait for them
             self.torch_ddp_kwargs = {"find_unused_parameters": True, **(self.torch_ddp_kwargs or {})}
 

@@ -62,7 +62,7 @@ class GroupBuffer:
     ``add(chunks)`` after each sampling round; ``pop_ready()`` returns the chunks of the
     groups that now have ``group_size`` finished episodes and pass ``success_filter``
     (``[lo, hi]``: keep a group whose share of successful episodes is in the band; None: all),
-    and counts what it dropped in :attr:`stats`."""
+    and counts what it completed and dropped in :attr:`stats` (since :meth:`take_stats`)."""
 
     def __init__(self, group_size: int, success_filter=None):
         self.group_size, self.success_filter = group_size, success_filter
@@ -74,10 +74,6 @@ class GroupBuffer:
     def __len__(self) -> int:
         """Groups waiting for members."""
         return len(self._groups)
-
-    @property
-    def ready_steps(self) -> int:
-        return sum(len(c) for c in self._ready)
 
     def add(self, chunks) -> None:
         for group in self._groups.values():
@@ -139,11 +135,16 @@ class GroupBuffer:
         ready, self._ready = self._ready, []
         return ready
 
+    def take_stats(self) -> dict[str, float]:
+        """The counts since the last call (and start counting anew)."""
+        stats, self.stats = self.stats, defaultdict(float)
+        return stats
+
 
 class GroupAdvantages(ConnectorV2):
     """Learner connector (GRPO, in place of GAE): each sample's advantage is its episode's
     group advantage, read from the step's info (:data:`ADVANTAGE`), in the batch's order of
-    episodes and steps. Value targets are zeros (no value loss is computed)."""
+    episodes and steps (no value targets: no value loss is computed)."""
 
     def __call__(self, *, rl_module, batch, episodes, **kwargs):
         advantages = np.concatenate(
@@ -159,5 +160,4 @@ class GroupAdvantages(ConnectorV2):
             actions = module_batch.get(Columns.ACTIONS)
             device = actions.device if torch.is_tensor(actions) else None
             module_batch[Postprocessing.ADVANTAGES] = torch.as_tensor(advantages, device=device)
-            module_batch[Postprocessing.VALUE_TARGETS] = torch.zeros(len(advantages), device=device)
         return batch

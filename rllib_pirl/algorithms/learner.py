@@ -146,11 +146,12 @@ class FlowPPOTorchLearner(PPOTorchLearner):
         # k3 estimator of KL(old‖new), averaged over the N ratios.
         approx_kl = masked_mean(((ratio - 1) - log_ratio).mean(1))
 
-        targets = batch[Postprocessing.VALUE_TARGETS].float()
         if config.advantage_estimator == "grpo":  # no critic: its value head is neither trained nor used
-            values, vf_loss = None, torch.zeros_like(surrogate)
+            values = targets = None
+            vf_loss = torch.zeros_like(surrogate)
         else:
             values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS))
+            targets = batch[Postprocessing.VALUE_TARGETS].float()
             vf_loss = clipped_huber_value_loss(
                 values, batch[Columns.VF_PREDS].float(), targets, config.vf_huber_delta, config.value_clip_param
             )
@@ -181,7 +182,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                 MEAN_ABS_LOGP_KEY: masked_mean(fwd_out[LOGP].abs().mean(1)),
                 NOISE_STD_KEY: masked_mean(fwd_out[NOISE_STD]),
             },
-            weight=float(mask.sum()) if mask is not None else len(targets),
+            weight=float(mask.sum()) if mask is not None else len(advantages),
             targets=targets[valid].detach() if values is not None else None,
             values=values[valid].detach() if values is not None else None,
         )

@@ -35,8 +35,8 @@ def chunked_gym_config(env, env_config) -> dict | None:
     if not isinstance(env, str) or env not in gym.registry or _global_registry.contains(ENV_CREATOR, env):
         return None
     config = dict(env_config or {})
-    outer = {key: config.pop(key) for key in ("action_chunk", "group_size") if key in config}
-    return {"id": env, "kwargs": config, **outer}
+    chunk = config.pop("action_chunk", None)
+    return {"id": env, "kwargs": config, **({"action_chunk": chunk} if chunk is not None else {})}
 
 
 def _spec_limit(env_id) -> int | None:
@@ -47,7 +47,6 @@ def _spec_limit(env_id) -> int | None:
 def make_point_reach(env_config) -> gym.Env:
     """Env creator of the registered ``PointReach`` env (chunked PointReach-v0)."""
     config = dict(env_config or {})
-    config.pop("group_size", None)  # the algorithm's (GRPO), not the env's
     chunk = int(config.pop("action_chunk", 1))
     return make_chunked_gym_env({"id": "rllib_pirl/PointReach-v0", "action_chunk": chunk, "kwargs": config})
 

@@ -7,8 +7,9 @@ from typing import Any
 
 def dataclass_kwargs(cls, env_config, env_name: str) -> dict[str, Any]:
     """The keyword arguments of the dataclass ``cls`` from an ``env_config``: RLlib's
-    ``num_envs`` and the algorithm's ``group_size`` (GRPO) dropped, ``task`` accepted for a one-element ``tasks``, unknown keys refused
-    with the valid ones listed."""
+    ``num_envs`` and the algorithm's ``group_size`` (GRPO; read by the vector env) dropped,
+    ``task`` accepted for a one-element ``tasks``, unknown keys refused with the valid ones
+    listed."""
     config = dict(env_config or {})
     config.pop("num_envs", None)
     config.pop("group_size", None)
