@@ -3,7 +3,10 @@
 Trains the tuned example(s) and evaluates the deterministic policy on fixed seeds
 (``--episodes`` at every ``--eval-every`` iterations, ``--final-episodes`` at the end,
 seeds 100000…, the same seeds for the SFT start). Appends rows to
-``benchmarks/results/pickcube_learning.csv`` and redraws ``pickcube_learning.png``.
+``benchmarks/results/pickcube_learning.csv`` (``--results``) and redraws ``pickcube_learning.png``;
+every training iteration's learner and exploration figures (learned noise std, entropy,
+|log-prob|, KL, clip fraction, exploration success) go to ``pickcube_learning_train.csv``
+as they come, to diagnose a run afterwards.
 
     source .vulkan/env.sh
     python benchmarks/pickcube_learning.py --example flow_sde_pickcube.yaml --iterations 200
@@ -64,12 +67,30 @@ def evaluate_row(algo, env, episodes, name, it, policy_steps, env_steps, start, 
     return row
 
 
-def write(rows, name):
+TRAIN_FIELDS = [
+    "algorithm",
+    "iteration",
+    "policy_steps",
+    "wall_s",
+    "explore_success",
+    "episode_return",
+    "approx_kl",
+    "clip_fraction",
+    "vf_explained_var",
+    "noise_std",
+    "entropy",
+    "mean_abs_logp",
+    "groups_trained",
+    "groups_filtered",
+]
+
+
+def write(rows, name, fields=FIELDS):
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.csv")
     new = not os.path.exists(path)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerows(rows)
@@ -151,17 +172,31 @@ def main():
                 env_steps = policy_steps * chunk  # upper bound: the last chunk of an episode may stop early
                 explore = round(float(runners.get("success_rate", float("nan"))), 3)
                 learner = result["learners"]["default_policy"]
-                groups = runners.get("grpo")  # GRPO: groups trained on / dropped by the filter
+                groups = runners.get("grpo") or {}  # GRPO: groups trained on / dropped by the filter
+                train = {
+                    "algorithm": label,
+                    "iteration": it + 1,
+                    "policy_steps": policy_steps,
+                    "wall_s": round(time.time() - start),
+                    "explore_success": explore,
+                    "episode_return": float(runners.get("episode_return_mean", float("nan"))),
+                    **{k: float(learner.get(k, float("nan"))) for k in TRAIN_FIELDS[6:12]},
+                    "groups_trained": groups.get("groups_trained", ""),
+                    "groups_filtered": groups.get("groups_filtered", ""),
+                }
+                train = {k: round(float(v), 4) if isinstance(v, float) else v for k, v in train.items()}
+                write([train], f"{args.results}_train", TRAIN_FIELDS)
                 grpo = (
-                    f", groups {groups['groups_trained']:.0f} (filtered {groups['groups_filtered']:.0f})"
+                    f", groups {train['groups_trained']:.0f} (filtered {train['groups_filtered']:.0f})"
                     if groups
                     else ""
                 )
                 print(
                     f"  iter {it + 1}: policy steps {policy_steps}, explore success {explore}, "
-                    f"return {runners.get('episode_return_mean', float('nan')):.3f}, kl {learner['approx_kl']:.4f}, "
-                    f"clip {learner['clip_fraction']:.3f}, vf_ev {learner.get('vf_explained_var', float('nan')):.2f}{grpo} "
-                    f"({time.time() - start:.0f} s)",
+                    f"return {train['episode_return']:.3f}, kl {train['approx_kl']:.4f}, "
+                    f"clip {train['clip_fraction']:.3f}, vf_ev {train['vf_explained_var']:.2f}, "
+                    f"noise std {train['noise_std']:.4f}, entropy {train['entropy']:.3f}, "
+                    f"|logp| {train['mean_abs_logp']:.3f}{grpo} ({train['wall_s']} s)",
                     flush=True,
                 )
         if args.save:
