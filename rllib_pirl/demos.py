@@ -13,6 +13,7 @@ group per episode (``traj_N/obs`` (T+1, state), ``traj_N/actions`` (T, action),
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import subprocess
@@ -26,6 +27,16 @@ MOTION_PLANNING = "mani_skill.examples.motionplanning.panda.run"
 REPLAY = "mani_skill.trajectory.replay_trajectory"
 TRAJ_NAME = "demos"
 CAMERA_KEYS = ("base_camera", "hand_camera")
+#: Version of the camera renders :func:`render_demos` keeps; a cache of another version
+#: is rendered again. 2: frame 0 is the env's own reset (version 1 copied the demo's
+#: robot, whose wrist joint rests at +π/4 where the env's panda_wristcam rests at −π/4:
+#: SFT saw a wrist and a hand camera no evaluation starts with).
+RENDER_VERSION = 2
+#: Robots the demos may be recorded with: ManiSkill's panda, whose arm the env's
+#: panda_wristcam (the panda with a hand camera) reproduces apart from the wrist's rest.
+DEMO_ROBOTS = ("panda", "panda_wristcam")
+WRIST_JOINT = 6  # panda_joint7
+START_TOLERANCE = 1e-4  # poses and joint positions of a demo's start vs the env's reset
 
 
 @dataclass
@@ -184,17 +195,19 @@ def rendered_path(path: str, camera_size: int) -> str:
     """Where :func:`render_demos` keeps the camera version of a converted demo file:
     ``demos.rgbSIZE.CONTROL.physx_cpu.h5`` beside it (``traj_N/{state, base_camera,
     hand_camera, actions}``; episodes that failed on replay listed in the ``dropped``
-    attribute)."""
+    attribute; ``render_version`` and the state file's ``source_sha256``)."""
     folder, name = os.path.split(path)
     return os.path.join(folder, name.replace(".state.", f".rgb{camera_size}.", 1))
 
 
 def render_demos(paths: Sequence[str], camera_size: int, limit_per_task: int | None = None) -> list[Demo]:
     """Re-run state demos in rllib_pirl's own ManiSkill env with cameras (obs_mode "rgb",
-    ``camera_size`` px): each episode starts from its recorded first env state and
-    replays its actions, so observations are exactly what the RL env produces. An
+    ``camera_size`` px): each episode starts from the env's reset with the demo's seed
+    (checked to be the demo's recorded start, see :func:`_check_start`) and replays its
+    actions, so observations are exactly what the RL env and evaluations produce. An
     episode that does not end in success on replay is dropped (and counted). Rendered
-    episodes are kept in :func:`rendered_path` and reused."""
+    episodes are kept in :func:`rendered_path` and reused; a cache of another
+    :data:`RENDER_VERSION` is rendered again."""
     import h5py
 
     demos: list[Demo] = []
@@ -202,9 +215,18 @@ def render_demos(paths: Sequence[str], camera_size: int, limit_per_task: int | N
         with open(os.path.splitext(path)[0] + ".json") as f:
             meta = json.load(f)
         task = meta["env_info"]["env_id"]
+        robot = meta["env_info"]["env_kwargs"].get("robot_uids", "panda")
+        if robot not in DEMO_ROBOTS:
+            raise ValueError(
+                f"{path}: demos recorded with the robot {robot!r}; the camera env runs ManiSkill's panda_wristcam, "
+                f"which reproduces only {' / '.join(DEMO_ROBOTS)}. Make the demos with `rllib demos`."
+            )
         episodes = meta["episodes"][:limit_per_task] if limit_per_task else meta["episodes"]
         cache = rendered_path(path, camera_size)
+        digest = _file_digest(path)
+        _drop_outdated(cache, digest)
         with h5py.File(cache, "a") as out:
+            out.attrs["render_version"], out.attrs["source_sha256"] = RENDER_VERSION, digest
             dropped = set(out.attrs.get("dropped", []))
             todo = [e for e in episodes if f"traj_{e['episode_id']}" not in out and e["episode_id"] not in dropped]
             if todo:
@@ -220,10 +242,64 @@ def render_demos(paths: Sequence[str], camera_size: int, limit_per_task: int | N
     return demos
 
 
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _drop_outdated(cache: str, source_digest: str) -> None:
+    """Delete a render cache of another :data:`RENDER_VERSION` or of other source demos
+    (saying so): it is rendered again rather than mixed with new renders."""
+    import h5py
+
+    if not os.path.exists(cache):
+        return
+    with h5py.File(cache, "r") as f:
+        version, source = f.attrs.get("render_version", 1), f.attrs.get("source_sha256")
+    if version != RENDER_VERSION:
+        why = f"render version {version} (now {RENDER_VERSION}: frame 0 is the env's own reset, the wrist included)"
+    elif source != source_digest:
+        why = "other demos (the state demo file changed since)"
+    else:
+        return
+    print(f"[demos] {cache} was rendered by {why}; rendering again", flush=True)
+    os.remove(cache)
+
+
+def _check_start(path: str, episode: dict, recorded: dict, reset: dict) -> None:
+    """The demo's recorded first env state must be where the env's reset with its seed
+    starts: actor poses and the robot's pose and joints within
+    :data:`START_TOLERANCE`, except the wrist joint (panda and panda_wristcam rest it
+    differently; the end-effector control never turns it) and velocities."""
+    for name, state in recorded["actors"].items():
+        off = np.abs(np.asarray(state)[..., :7] - np.asarray(reset["actors"][name])[..., :7]).max()
+        if off > START_TOLERANCE:
+            raise ValueError(
+                f"{path}, episode {episode['episode_id']}: the env's reset with the demo's seed puts {name!r} "
+                f"{off:.4f} away from the recorded start; the demos were made with another ManiSkill version or task "
+                "settings. Make them again with `rllib demos`."
+            )
+    (demo_robot,), (env_robot,) = recorded["articulations"].values(), reset["articulations"].values()
+    demo_robot, env_robot = np.asarray(demo_robot).reshape(-1), np.asarray(env_robot).reshape(-1)
+    dof = (len(env_robot) - 13) // 2  # pose 7, velocity 6, joint positions, joint velocities
+    keep = np.ones(7 + dof, bool)
+    keep[7 + WRIST_JOINT] = False
+    pose_and_joints = np.r_[0:7, 13 : 13 + dof]
+    off = np.abs(demo_robot[pose_and_joints] - env_robot[pose_and_joints])[keep].max()
+    if off > START_TOLERANCE:
+        raise ValueError(
+            f"{path}, episode {episode['episode_id']}: the demo's robot starts {off:.4f} (rad or m) away from the "
+            "env's reset with the same seed: it was recorded with a robot or start the camera env cannot reproduce. "
+            "Make the demos with `rllib demos`."
+        )
+
+
 def _render_into(out, path: str, meta: dict, episodes: list, camera_size: int, dropped: set) -> None:
     import h5py
     from mani_skill.trajectory import utils as trajectory_utils
-    from mani_skill.utils import common
 
     from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
 
@@ -238,14 +314,15 @@ def _render_into(out, path: str, meta: dict, episodes: list, camera_size: int, d
         with h5py.File(path, "r") as f:
             for n, episode in enumerate(episodes):
                 group = f[f"traj_{episode['episode_id']}"]
-                env.reset(seed=episode.get("episode_seed", episode.get("reset_kwargs", {}).get("seed")))
-                first = trajectory_utils.index_dict(group["env_states"], 0)
-                # The env's robot is "panda_wristcam" (it carries the hand camera): the
-                # same arm as the demos' "panda", under its own name.
-                own = list(base.get_state_dict()["articulations"])
-                first["articulations"] = dict(zip(own, first["articulations"].values(), strict=True))
-                base.set_state_dict(trajectory_utils.list_of_dicts_to_dict([first]))
-                frames = [env.obs_format(common.unbatch(common.to_numpy(base.get_obs())))]
+                seed = episode.get("episode_seed", episode.get("reset_kwargs", {}).get("seed"))
+                if seed is None:
+                    raise ValueError(
+                        f"{path}, episode {episode['episode_id']}: no seed recorded; make the demos with `rllib demos`."
+                    )
+                obs, _ = env.reset(seed=seed)
+                start = trajectory_utils.index_dict(group["env_states"], 0)
+                _check_start(path, episode, start, base.get_state_dict())
+                frames = [obs]
                 actions = np.asarray(group["actions"], np.float32)
                 success = False
                 for action in actions:

@@ -206,7 +206,12 @@ def maniskill_make_kwargs(config: ManiSkillConfig, sim_backend: str, render_mode
 
 def grasped_flags(info) -> np.ndarray:
     """Any ``is_*grasped`` entry of a ManiSkill info, per env: (N,) bool for a batched
-    info, (1,) for a single env's (all False when the task reports none)."""
+    info, (1,) for a single env's (all False when the task reports none).
+
+    At a reset ManiSkill's contacts are still those of the last episode's final physics
+    step, so a reset after an episode that ended grasping reports a grasp. The envs
+    here therefore start every episode at Φ_0 = 0 and report no success at a reset: an
+    episode neither grasps nor succeeds before its first action."""
     flags = [np.asarray(v, bool).reshape(-1) for k, v in info.items() if k.startswith("is_") and k.endswith("grasped")]
     return np.any(flags, axis=0) if flags else np.zeros(1, bool)
 
@@ -285,8 +290,9 @@ class ManiSkillTaskEnv(gym.Env):
         self._grasp_steps = self._grasp_steps + 1 if grasped else 0
         return float(pirl_potential(grasped, self._grasp_steps, bool(info.get("success", False))))
 
-    def _info(self, info) -> dict[str, Any]:
-        return {"success": bool(info.get("success", False)), "task_id": self.task_index, "task": self.task}
+    def _info(self, info, success: bool | None = None) -> dict[str, Any]:
+        success = bool(info.get("success", False)) if success is None else success
+        return {"success": success, "task_id": self.task_index, "task": self.task}
 
     def reset(self, *, seed=None, options=None):
         # Unseeded resets draw their seed from a generator seeded by the last seeded
@@ -297,9 +303,25 @@ class ManiSkillTaskEnv(gym.Env):
         elif getattr(self, "_seed_rng", None) is not None:
             seed = int(self._seed_rng.integers(2**31 - 1))
         raw, info = self.env.reset(seed=seed, options=options)
-        self._grasp_steps = 0
-        self._potential = self._pirl_potential(info)
-        return self.obs_format(raw), self._info(info)
+        if grasped_flags(info).any():
+            raw, info = self._refresh_contacts()
+        self._grasp_steps, self._potential = 0, 0.0  # Φ_0 = 0: see grasped_flags
+        return self.obs_format(raw), self._info(info, success=False)
+
+    def _refresh_contacts(self):
+        """The reset's observation and info with contacts of the reset state. ManiSkill's
+        CPU contacts are those of the last physics step: after an episode that ended
+        holding the cube, the next reset reads ``is_grasped`` (in the info, and in the
+        observation of obs_mode "state"). One physics step from the reset state refreshes
+        them; the state is then put back, so the episode starts where the reset placed it."""
+        from mani_skill.utils import common
+
+        base = self.env.unwrapped
+        state = base.get_state_dict()
+        base.scene.step()
+        base.set_state_dict(state)
+        info = base.get_info()
+        return common.unbatch(common.to_numpy(base.get_obs(info)), common.to_numpy(info))
 
     def step(self, action):
         raw, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))

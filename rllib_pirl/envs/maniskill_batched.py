@@ -13,7 +13,9 @@ returns the final observation (so RLlib bootstraps a truncation from it), and th
 ``step`` returns that env's first observation of the new episode with reward 0 and no
 done — its action is ignored. The reset is done by a partial reset (``env_idx``) *after*
 the other envs executed that chunk, so the new episode starts exactly at its first
-observation.
+observation. Each episode starts at Φ_0 = 0 (see ``grasped_flags``); unlike the CPU
+env, a partial reset cannot refresh one env's contacts, so with obs_mode "state" the
+first observation after an episode that ended grasping can still read ``is_grasped``.
 """
 
 from __future__ import annotations
@@ -116,10 +118,8 @@ class ManiSkillBatchedVectorEnv(gym.vector.VectorEnv):
 
     # -- gymnasium API ----------------------------------------------------------------
     def reset(self, *, seed=None, options=None):
-        raw, info = self.env.reset(seed=seed, options=options)
-        all_rows = np.arange(self.num_envs)
-        self._grasp_steps[:] = 0
-        self._potential = self._potentials(_numpy(info), all_rows)
+        raw, _ = self.env.reset(seed=seed, options=options)
+        self._grasp_steps[:], self._potential[:] = 0, 0.0  # Φ_0 = 0 (see grasped_flags)
         self._pending[:] = False
         return self._format(raw), self._infos(np.zeros(self.num_envs, bool), np.zeros(self.num_envs, int))
 
@@ -165,9 +165,8 @@ class ManiSkillBatchedVectorEnv(gym.vector.VectorEnv):
         obs = self._format(final_raw)
         pending = np.flatnonzero(self._pending)
         if pending.size:  # next-step autoreset: first observation of the new episode
-            raw, info = self.env.reset(options={"env_idx": torch.as_tensor(pending, device=self._device)})
-            self._grasp_steps[pending] = 0
-            self._potential[pending] = self._potentials(_numpy(info), pending)
+            raw, _ = self.env.reset(options={"env_idx": torch.as_tensor(pending, device=self._device)})
+            self._grasp_steps[pending], self._potential[pending] = 0, 0.0
             reset_obs = self._format(raw)
             for key in obs:
                 obs[key][pending] = reset_obs[key][pending]
