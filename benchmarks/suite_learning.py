@@ -3,7 +3,9 @@
 Evaluates the deterministic policy of the tuned example's starting point (the suite SFT
 checkpoint) on every task (``--episodes`` per task, seeds 100000…), trains
 ``--iterations`` iterations, evaluates again on the same seeds, and appends the rows to
-``benchmarks/results/suite_learning.csv``; ``suite_learning.png`` shows the table as bars.
+``benchmarks/results/suite_learning.csv`` (``--results``); ``suite_learning.png`` shows the table as bars.
+Each training iteration's per-task exploration success and return go to
+``suite_learning_train.csv`` as they come.
 
     source .vulkan/env.sh
     python benchmarks/suite_learning.py --example flow_sde_suite.yaml --iterations 40
@@ -22,11 +24,10 @@ from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_env_makers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-CSV = os.path.join(RESULTS, "suite_learning.csv")
 FIELDS = ["algorithm", "stage", "task", "policy_steps", "env_steps", "episodes", "success", "success_lo", "success_hi"]
 
 
-def evaluate_tasks(module, envs, episodes, label, stage, policy_steps, env_steps):
+def evaluate_tasks(module, envs, episodes, label, stage, policy_steps, env_steps, name):
     """Rows of per-task success (and "all") of the deterministic policy."""
     total, rows = EvalResult(), []
     for env in envs:
@@ -50,22 +51,46 @@ def evaluate_tasks(module, envs, episodes, label, stage, policy_steps, env_steps
             f"[{row['success_lo']:.3f}, {row['success_hi']:.3f}] ({row['episodes']} episodes)",
             flush=True,
         )
-    with open(CSV, "a", newline="") as f:
+    with open(os.path.join(RESULTS, f"{name}.csv"), "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         if f.tell() == 0:
             writer.writeheader()
         writer.writerows(rows)
 
 
-def plot():
-    """Redraw suite_learning.png: per-task success before/after RL, 95% intervals."""
+def write_train_rows(label, iteration, policy_steps, wall_s, runners, name):
+    """Per-task exploration success and return of one training iteration, appended to
+    ``NAME_train.csv`` as they come (RLlib's means over the last episodes)."""
+    rows = [
+        {
+            "algorithm": label,
+            "iteration": iteration,
+            "policy_steps": policy_steps,
+            "wall_s": wall_s,
+            "task": key[len("success_rate_") :],
+            "explore_success": round(float(value), 4),
+            "episode_return": round(float(runners.get(f"episode_return_mean_{key[len('success_rate_') :]}", "nan")), 4),
+        }
+        for key, value in sorted(runners.items())
+        if key.startswith("success_rate_")
+    ]
+    path = os.path.join(RESULTS, f"{name}_train.csv")
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["algorithm"])
+        if f.tell() == 0:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(name):
+    """Redraw NAME.png from NAME.csv: per-task success before/after RL, 95% intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    with open(CSV) as f:
+    with open(os.path.join(RESULTS, f"{name}.csv")) as f:
         rows = list(csv.DictReader(f))
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     bars = list(dict.fromkeys((r["algorithm"], r["stage"]) for r in rows))
@@ -88,13 +113,14 @@ def plot():
     ax.legend(fontsize=8)
     ax.set_title("ManiSkill suite (state + task id), before and after RL, 2 CPU cores")
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "suite_learning.png"), dpi=110)
+    fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--example", help="tuned example: a file name in tuned_examples/ or a path")
     p.add_argument("--label", help="name of the run in the CSV and plot (default: the algorithm)")
+    p.add_argument("--results", default="suite_learning", help="CSV/PNG name in benchmarks/results")
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per task")
     p.add_argument("--save", help="write the final algorithm checkpoint to this folder")
@@ -105,7 +131,7 @@ def main():
     args = p.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
     if args.plot_only:
-        plot()
+        plot(args.results)
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_suite.yaml)")
@@ -115,7 +141,7 @@ def main():
     start, policy_steps = time.time(), 0
     try:
         if not args.no_before:
-            evaluate_tasks(algo.get_module(), envs, args.episodes, "SFT", "before", 0, 0)
+            evaluate_tasks(algo.get_module(), envs, args.episodes, "SFT", "before", 0, 0, args.results)
         for it in range(args.iterations):
             result = algo.train()
             runners = result["env_runners"]
@@ -125,9 +151,19 @@ def main():
                 for k, v in sorted(runners.items())
                 if k.startswith("success_rate_")
             )
-            print(
-                f"  iter {it + 1}: policy steps {policy_steps}, explore success {per_task} ({time.time() - start:.0f} s)"
+            returns = " ".join(
+                f"{k[len('episode_return_mean_') :].replace('-v1', '')} {v:.2f}"
+                for k, v in sorted(runners.items())
+                if k.startswith("episode_return_mean_")
             )
+            learner = result["learners"]["default_policy"]
+            print(
+                f"  iter {it + 1}: policy steps {policy_steps}, explore success {per_task}; return {returns}; "
+                f"kl {learner['approx_kl']:.4f} clip {learner['clip_fraction']:.3f} "
+                f"vf_ev {learner.get('vf_explained_var', float('nan')):.2f} ({time.time() - start:.0f} s)",
+                flush=True,
+            )
+            write_train_rows(label, it + 1, policy_steps, round(time.time() - start), runners, args.results)
         evaluate_tasks(
             algo.get_module(),
             envs,
@@ -136,6 +172,7 @@ def main():
             "after",
             policy_steps,
             policy_steps * algo.config.action_chunk,
+            args.results,
         )
         if args.save:
             print(f"checkpoint: {algo.save(os.path.abspath(args.save)).checkpoint.path}", flush=True)
@@ -143,7 +180,7 @@ def main():
         algo.stop()
         for env in envs:
             env.close()
-    plot()
+    plot(args.results)
 
 
 if __name__ == "__main__":

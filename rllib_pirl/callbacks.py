@@ -8,6 +8,7 @@ import re
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 SUCCESS_RATE_KEY = "success_rate"
+RETURN_MEAN_KEY = "episode_return_mean"
 
 
 class SuccessRateCallback(RLlibCallback):
@@ -15,7 +16,7 @@ class SuccessRateCallback(RLlibCallback):
     ``info["success"]`` was true at some step (mean over the last
     ``metrics_num_episodes_for_smoothing`` episodes, like ``episode_return_mean``).
     Envs that never report ``success`` log nothing; envs that report ``info["task"]``
-    also get ``success_rate_<task>``. After each iteration, exports :data:`RUN_METRICS`
+    also get ``success_rate_<task>`` and ``episode_return_mean_<task>``. After each iteration, exports :data:`RUN_METRICS`
     through Ray's metrics API."""
 
     def on_episode_end(self, *, episode, prev_episode_chunks=None, env_runner=None, metrics_logger=None, **kwargs):
@@ -26,8 +27,10 @@ class SuccessRateCallback(RLlibCallback):
         success = float(any(bool(info.get("success", False)) for info in infos))
         metrics_logger.log_value(SUCCESS_RATE_KEY, success, reduce="mean", window=window)
         task = infos[-1].get("task")
-        if task:  # multi-task suites: success per task
+        if task:  # multi-task suites: success and return per task
             metrics_logger.log_value(f"{SUCCESS_RATE_KEY}_{task}", success, reduce="mean", window=window)
+            episode_return = sum(chunk.get_return() for chunk in [*(prev_episode_chunks or []), episode])
+            metrics_logger.log_value(f"{RETURN_MEAN_KEY}_{task}", episode_return, reduce="mean", window=window)
 
     def on_train_result(self, *, algorithm, result, **kwargs):
         export_run_metrics(algorithm, result)

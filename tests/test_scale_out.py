@@ -139,13 +139,16 @@ def test_set_state_refuses_frozen_weights_that_differ():
 
 
 def tasks_reported_by_one_iteration(config) -> list[str]:
-    """The tasks whose episodes ended in one training iteration (their success_rate_<task>)."""
+    """The tasks whose episodes ended in one training iteration (their success_rate_<task>;
+    each also reports its episode_return_mean_<task>)."""
     algo = config.build_algo()
     try:
         runners = algo.train()["env_runners"]
     finally:
         algo.stop()
-    return sorted(k[len("success_rate_") :] for k in runners if k.startswith("success_rate_"))
+    tasks = sorted(k[len("success_rate_") :] for k in runners if k.startswith("success_rate_"))
+    assert tasks == sorted(k[len("episode_return_mean_") :] for k in runners if k.startswith("episode_return_mean_"))
+    return tasks
 
 
 @needs_maniskill
