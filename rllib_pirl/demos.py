@@ -134,6 +134,7 @@ def generate_demos(
     converted = os.path.join(folder, f"{TRAJ_NAME}.state.{control_mode}.physx_cpu.h5")
     if not os.path.exists(converted):
         raise RuntimeError(f"replay_trajectory wrote no {converted}")
+    _refresh_first_observations(converted)
     kept = len(load_demos([converted]))
     if kept == 0:
         raise RuntimeError(
@@ -144,6 +145,35 @@ def generate_demos(
     lost = f" ({num - kept} of {num} not reproducible in {control_mode}, dropped)" if kept < num else ""
     print(f"[demos] {task}: {kept} demos in {converted}{lost}", flush=True)
     return converted
+
+
+def _refresh_first_observations(path: str) -> None:
+    """Replace each converted episode's first observation by the env's reset with its seed
+    (the recorded start checked against it first). ManiSkill's replay sets each episode's
+    first state without a physics step, so its first observation keeps the previous
+    episode's contacts (``is_grasped`` = 1 after a demo that ended holding the object):
+    SFT would learn from a first observation no evaluation starts with. Marks the file
+    ``first_obs_refreshed``."""
+    import h5py
+    from mani_skill.trajectory import utils as trajectory_utils
+
+    from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
+
+    with open(os.path.splitext(path)[0] + ".json") as f:
+        meta = json.load(f)
+    control = meta["env_info"]["env_kwargs"]["control_mode"]
+    env = ManiSkillTaskEnv(ManiSkillConfig(tasks=[meta["env_info"]["env_id"]], control_mode=control))
+    try:
+        with h5py.File(path, "r+") as f:
+            for episode in meta["episodes"]:
+                group = f[f"traj_{episode['episode_id']}"]
+                obs, _ = env.reset(seed=episode["episode_seed"])
+                start = trajectory_utils.index_dict(group["env_states"], 0)
+                _check_start(path, episode, start, env.env.unwrapped.get_state_dict())
+                group["obs"][0] = obs["state"]
+            f.attrs["first_obs_refreshed"] = True
+    finally:
+        env.close()
 
 
 def find_files(paths: Sequence[str], pattern: str, none_found: str) -> list[str]:
@@ -182,6 +212,12 @@ def load_demos(paths: Sequence[str], limit_per_task: int | None = None) -> list[
         if meta["env_info"]["env_kwargs"].get("obs_mode") != "state":
             raise ValueError(f"{path}: demos need state observations (obs_mode 'state'), replay with -o state.")
         with h5py.File(path, "r") as f:
+            if not f.attrs.get("first_obs_refreshed", False):
+                print(
+                    f"[demos] {path}: made before first observations were refreshed (an episode's first "
+                    "observation may carry the previous one's grasp flag); remake with `rllib demos`.",
+                    flush=True,
+                )
             for episode in meta["episodes"]:
                 if limit_per_task is not None and counts.get(task, 0) >= limit_per_task:
                     break

@@ -85,6 +85,27 @@ def _camera_env(max_episode_steps=100):
 
 
 @maniskill
+def test_a_state_demo_starts_with_the_env_reset_of_its_seed(demos):
+    """`rllib demos` replaces the first observation ManiSkill's replay wrote (with the
+    previous episode's contacts) by the env's reset with the demo's seed."""
+    import h5py
+
+    from rllib_pirl.demos import load_demos
+    from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
+
+    path = _state_file(demos)
+    with h5py.File(path) as f:
+        assert f.attrs["first_obs_refreshed"]
+    env = ManiSkillTaskEnv(ManiSkillConfig(tasks=["PickCube-v1"]))
+    try:
+        for demo, seed in zip(load_demos([demos]), _seeds(path), strict=True):
+            obs, _ = env.reset(seed=seed)
+            np.testing.assert_array_equal(demo.obs[0], obs["state"])
+    finally:
+        env.close()
+
+
+@maniskill
 def test_a_rendered_demo_starts_with_the_env_reset_of_its_seed(demos):
     """Frame 0 of every rendered demo equals a fresh env's reset with the demo's seed:
     state (the wrist joint at panda_wristcam's −π/4) and both cameras."""
