@@ -312,7 +312,7 @@ class ManiSkillTaskEnv(gym.Env):
         """The reset's observation and info with contacts of the reset state. ManiSkill's
         CPU contacts are those of the last physics step: after an episode that ended
         holding the cube, the next reset reads ``is_grasped`` (in the info, and in the
-        observation of obs_mode "state"). One physics step from the reset state refreshes
+        observation's state: obs_mode "state" and the proprioception of "rgb"). One physics step from the reset state refreshes
         them; the state is then put back, so the episode starts where the reset placed it."""
         from mani_skill.utils import common
 
