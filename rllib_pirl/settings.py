@@ -165,6 +165,9 @@ class FlowLearnerSettings:
     weight_decay: float = 0.0  # AdamW weight decay of both optimizers
     vf_huber_delta: float = 10.0  # Huber δ of the value loss
     value_clip_param: float = 0.2  # value clipping around the rollout's value
+    #: dual-clip PPO's c > 1: where the advantage is negative the surrogate is at least c·A
+    #: (None: PPO's clip only)
+    dual_clip_param: float | None = None
     #: None: each minibatch in one forward/backward; n: in micro-batches of n samples whose
     #: gradients accumulate into one optimizer step per minibatch (memory ∝ n; must divide it)
     micro_batch_size: int | None = None
@@ -205,6 +208,9 @@ class FlowLearnerSettings:
             errors.append(f"prefix_cache must be one of {PREFIX_CACHES}, got {self.prefix_cache!r}.")
         if self.micro_batch_size is not None and not _is_int(self.micro_batch_size, 1):
             errors.append(f"micro_batch_size must be an integer >= 1 (or null), got {self.micro_batch_size!r}.")
+        dual = self.dual_clip_param
+        if dual is not None and not (_is_number(dual) and dual > 1):
+            errors.append(f"dual_clip_param must be null or a number > 1 (dual-clip PPO's c, e.g. 3), got {dual!r}.")
         for name in ("vf_huber_delta", "value_clip_param"):
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:

@@ -147,6 +147,7 @@ def test_env_gets_the_action_chunk_from_the_config(ray_session):
         ({"action_chunk": 0}, "action_chunk must be an integer >= 1"),
         ({"value_lr": -1.0}, "value_lr must be a number >= 0"),
         ({"value_clip_param": 0.0}, "value_clip_param must be a number > 0"),
+        ({"dual_clip_param": 0.5}, "dual_clip_param must be null or a number > 1"),
     ],
 )
 def test_invalid_settings_are_rejected(setting, message):
@@ -197,3 +198,21 @@ def test_save_and_restore_in_a_fresh_process_gives_identical_actions(ray_session
     assert lines["CLASS"] == name
     restored = torch.tensor(json.loads(lines["ACTIONS"]))
     assert torch.equal(restored, actions.float())
+
+
+def test_dual_clip_bounds_the_surrogate_of_bad_actions_only():
+    """Hand-made ratios 0.5, 1, 5 (ε = 0.2, c = 3): with A = −1 the ratio 5 counts −3, not −5,
+    and gives no gradient; with A = +1 nothing changes."""
+    import math
+
+    from rllib_pirl.algorithms.learner import ppo_surrogate
+
+    log_ratio = torch.log(torch.tensor([[0.5, 1.0, 5.0], [0.5, 1.0, 5.0]])).requires_grad_()
+    advantages = torch.tensor([-1.0, 1.0])
+    plain = ppo_surrogate(log_ratio, advantages, 0.2)
+    dual = ppo_surrogate(log_ratio, advantages, 0.2, dual_clip=3.0)
+    assert plain.tolist() == pytest.approx([(-0.8 - 1.0 - 5.0) / 3, (0.5 + 1.0 + 1.2) / 3])
+    assert dual.tolist() == pytest.approx([(-0.8 - 1.0 - 3.0) / 3, (0.5 + 1.0 + 1.2) / 3])
+    (grad,) = torch.autograd.grad(dual[0], log_ratio)
+    assert grad[0].tolist() == pytest.approx([0.0, -1.0 / 3, 0.0])  # r·A's derivative −r/3 only at r = 1
+    assert not math.isclose(plain[0].item(), dual[0].item())

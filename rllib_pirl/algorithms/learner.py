@@ -30,12 +30,20 @@ MEAN_ABS_LOGP_KEY = "mean_abs_logp"
 NOISE_STD_KEY = "noise_std"
 
 
-def ppo_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip: float) -> torch.Tensor:
+def ppo_surrogate(
+    log_ratio: torch.Tensor, advantages: torch.Tensor, clip: float, dual_clip: float | None = None
+) -> torch.Tensor:
     """Clipped surrogate per sample, averaged over its N ratios:
-    mean_n min(r·A, clip(r, 1−ε, 1+ε)·A), r = exp(log_ratio), log_ratio (B, N), A (B,)."""
+    mean_n min(r·A, clip(r, 1−ε, 1+ε)·A), r = exp(log_ratio), log_ratio (B, N), A (B,).
+    With ``dual_clip`` c (dual-clip PPO, Ye et al. 2020), where A < 0 the term is
+    max(min(r·A, clip(r)·A), c·A): a ratio far above 1 on a bad action no longer pulls
+    the update without bound."""
     ratio = torch.exp(log_ratio)
     adv = advantages[:, None]
-    return torch.minimum(adv * ratio, adv * torch.clamp(ratio, 1 - clip, 1 + clip)).mean(dim=1)
+    surrogate = torch.minimum(adv * ratio, adv * torch.clamp(ratio, 1 - clip, 1 + clip))
+    if dual_clip is not None:
+        surrogate = torch.where(adv < 0, torch.maximum(surrogate, dual_clip * adv), surrogate)
+    return surrogate.mean(dim=1)
 
 
 def clipped_huber_value_loss(values, old_values, targets, delta: float, clip: float) -> torch.Tensor:
@@ -139,7 +147,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
 
         log_ratio = fwd_out[LOGP].float() - batch[LOGP].float()
         advantages = batch[Postprocessing.ADVANTAGES].float()
-        surrogate = ppo_surrogate(log_ratio, advantages, config.clip_param)
+        surrogate = ppo_surrogate(log_ratio, advantages, config.clip_param, config.dual_clip_param)
         with torch.no_grad():
             ratio = torch.exp(log_ratio)
             clip_fraction = masked_mean(((ratio - 1).abs() > config.clip_param).float().mean(1))
