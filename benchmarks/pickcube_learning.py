@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import time
 
@@ -122,16 +123,17 @@ def plot(name):
     fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
 
 
-def build_example_algo(example: str, seed: int | None = None):
+def build_example_algo(example: str, seed: int | None = None, overrides: dict | None = None):
     """Start Ray on the 2 cores and build the algorithm of a tuned example (a file name
-    in tuned_examples/ or a path), with its training ``seed`` replaced when given;
-    returns ``(spec, algo)``."""
+    in tuned_examples/ or a path), with its training ``seed`` and the config keys of
+    ``overrides`` replaced when given; returns ``(spec, algo)``."""
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     path = example if os.path.exists(example) else os.path.join(HERE, "..", "tuned_examples", example)
     ((name, spec),) = load_experiments(path).items()
     if seed is not None:
         spec["config"]["seed"] = seed
+    spec["config"].update(overrides or {})
     return spec, build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name).build_algo()
 
 
@@ -141,6 +143,9 @@ def main():
     p.add_argument("--label", help="name of the run in the CSV and plot (default: the algorithm)")
     p.add_argument("--results", default="pickcube_learning", help="CSV/PNG name in benchmarks/results")
     p.add_argument("--seed", type=int, help="training seed (default: the example's)")
+    p.add_argument(
+        "--config", type=json.loads, default={}, help="config keys replaced, as JSON: '{\"dual_clip_param\": 3}'"
+    )
     p.add_argument("--save", help="write the final algorithm checkpoint to this folder")
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=40)
@@ -154,7 +159,7 @@ def main():
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_pickcube.yaml)")
-    spec, algo = build_example_algo(args.example, args.seed)
+    spec, algo = build_example_algo(args.example, args.seed, args.config)
     label = args.label or spec["run"]
     env = make_maniskill_env(dict(algo.config.env_config))
     chunk = algo.config.action_chunk
