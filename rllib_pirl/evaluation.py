@@ -156,17 +156,17 @@ def evaluate(
 ) -> EvalResult:
     """Run ``episodes`` episodes, episode i reset with seed ``seed + i``.
 
-        Deterministic policy (``forward_inference``) unless ``explore``. Actions go to the
-        env as RLlib's env runners send them (``normalize_actions``: [−1, 1] → bounds;
-        ``clip_actions``). An episode succeeds when any step's ``info["success"]`` is true
+    Deterministic policy (``forward_inference``) unless ``explore``. Actions go to the
+    env as RLlib's env runners send them (``normalize_actions``: [−1, 1] → bounds;
+    ``clip_actions``). An episode succeeds when any step's ``info["success"]`` is true
     (the reset's does not count: no episode succeeds before its first action).
-        With ``video_dir`` and camera observations ((H, W, 3) uint8 entries), the first
-        ``video_episodes`` episodes are written there as mp4 (the cameras side by side,
-        one frame per policy step); with ``keep_videos`` their frames are kept in the result.
+    With ``video_dir`` and camera observations ((H, W, 3) uint8 entries), the first
+    ``video_episodes`` episodes are written there as mp4 (the cameras side by side,
+    one frame per policy step); with ``keep_videos`` their frames are kept in the result.
     """
     result = EvalResult()
     for i in range(episodes):
-        obs, info = env.reset(seed=seed + i)
+        obs, _ = env.reset(seed=seed + i)
         total, success, steps, done = 0.0, False, 0, False  # no success before the first action
         record = (video_dir or keep_videos) and i < video_episodes and _camera_frame(obs) is not None
         frames = [] if record else None
