@@ -18,7 +18,7 @@ import csv
 import os
 import time
 
-from pickcube_learning import build_example_algo
+from pickcube_learning import build_example_algo, write
 
 from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_env_makers
 
@@ -58,6 +58,9 @@ def evaluate_tasks(module, envs, episodes, label, stage, policy_steps, env_steps
         writer.writerows(rows)
 
 
+TRAIN_FIELDS = ["algorithm", "iteration", "policy_steps", "wall_s", "task", "explore_success", "episode_return"]
+
+
 def write_train_rows(label, iteration, policy_steps, wall_s, runners, name):
     """Per-task exploration success and return of one training iteration, appended to
     ``NAME_train.csv`` as they come (RLlib's means over the last episodes)."""
@@ -74,12 +77,7 @@ def write_train_rows(label, iteration, policy_steps, wall_s, runners, name):
         for key, value in sorted(runners.items())
         if key.startswith("success_rate_")
     ]
-    path = os.path.join(RESULTS, f"{name}_train.csv")
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["algorithm"])
-        if f.tell() == 0:
-            writer.writeheader()
-        writer.writerows(rows)
+    write(rows, f"{name}_train", TRAIN_FIELDS)
 
 
 def plot(name):

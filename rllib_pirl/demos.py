@@ -155,25 +155,26 @@ def _refresh_first_observations(path: str) -> None:
     SFT would learn from a first observation no evaluation starts with. Marks the file
     ``first_obs_refreshed``."""
     import h5py
-    from mani_skill.trajectory import utils as trajectory_utils
 
     from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
 
-    with open(os.path.splitext(path)[0] + ".json") as f:
-        meta = json.load(f)
+    meta = demo_meta(path)
     control = meta["env_info"]["env_kwargs"]["control_mode"]
     env = ManiSkillTaskEnv(ManiSkillConfig(tasks=[meta["env_info"]["env_id"]], control_mode=control))
     try:
         with h5py.File(path, "r+") as f:
             for episode in meta["episodes"]:
                 group = f[f"traj_{episode['episode_id']}"]
-                obs, _ = env.reset(seed=episode["episode_seed"])
-                start = trajectory_utils.index_dict(group["env_states"], 0)
-                _check_start(path, episode, start, env.env.unwrapped.get_state_dict())
-                group["obs"][0] = obs["state"]
+                group["obs"][0] = _reset_at_demo_start(env, path, episode, group)["state"]
             f.attrs["first_obs_refreshed"] = True
     finally:
         env.close()
+
+
+def demo_meta(path: str) -> dict:
+    """The .json beside a ManiSkill trajectory file (env_info, episodes with their seeds)."""
+    with open(os.path.splitext(path)[0] + ".json") as f:
+        return json.load(f)
 
 
 def find_files(paths: Sequence[str], pattern: str, none_found: str) -> list[str]:
@@ -206,8 +207,7 @@ def load_demos(paths: Sequence[str], limit_per_task: int | None = None) -> list[
     demos: list[Demo] = []
     counts: dict = {}
     for path in demo_files(paths):
-        with open(os.path.splitext(path)[0] + ".json") as f:
-            meta = json.load(f)
+        meta = demo_meta(path)
         task = meta["env_info"]["env_id"]
         if meta["env_info"]["env_kwargs"].get("obs_mode") != "state":
             raise ValueError(f"{path}: demos need state observations (obs_mode 'state'), replay with -o state.")
@@ -248,8 +248,7 @@ def render_demos(paths: Sequence[str], camera_size: int, limit_per_task: int | N
 
     demos: list[Demo] = []
     for path in demo_files(paths):
-        with open(os.path.splitext(path)[0] + ".json") as f:
-            meta = json.load(f)
+        meta = demo_meta(path)
         task = meta["env_info"]["env_id"]
         robot = meta["env_info"]["env_kwargs"].get("robot_uids", "panda")
         if robot not in DEMO_ROBOTS:
@@ -305,6 +304,22 @@ def _drop_outdated(cache: str, source_digest: str) -> None:
     os.remove(cache)
 
 
+def _reset_at_demo_start(env, path: str, episode: dict, group) -> dict:
+    """Reset ``env`` (a :class:`ManiSkillTaskEnv`) with the demo episode's seed and return
+    its first observation, after :func:`_check_start` found the recorded start there."""
+    from mani_skill.trajectory import utils as trajectory_utils
+
+    seed = episode.get("episode_seed", episode.get("reset_kwargs", {}).get("seed"))
+    if seed is None:
+        raise ValueError(
+            f"{path}, episode {episode['episode_id']}: no seed recorded; make the demos with `rllib demos`."
+        )
+    obs, _ = env.reset(seed=seed)
+    start = trajectory_utils.index_dict(group["env_states"], 0)
+    _check_start(path, episode, start, env.env.unwrapped.get_state_dict())
+    return obs
+
+
 def _check_start(path: str, episode: dict, recorded: dict, reset: dict) -> None:
     """The demo's recorded first env state must be where the env's reset with its seed
     starts: actor poses and the robot's pose and joints within
@@ -335,7 +350,6 @@ def _check_start(path: str, episode: dict, recorded: dict, reset: dict) -> None:
 
 def _render_into(out, path: str, meta: dict, episodes: list, camera_size: int, dropped: set) -> None:
     import h5py
-    from mani_skill.trajectory import utils as trajectory_utils
 
     from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
 
@@ -345,20 +359,11 @@ def _render_into(out, path: str, meta: dict, episodes: list, camera_size: int, d
         tasks=[task], obs_mode="rgb", camera_size=camera_size, control_mode=control, max_episode_steps=10_000
     )
     env = ManiSkillTaskEnv(config)
-    base = env.env.unwrapped
     try:
         with h5py.File(path, "r") as f:
             for n, episode in enumerate(episodes):
                 group = f[f"traj_{episode['episode_id']}"]
-                seed = episode.get("episode_seed", episode.get("reset_kwargs", {}).get("seed"))
-                if seed is None:
-                    raise ValueError(
-                        f"{path}, episode {episode['episode_id']}: no seed recorded; make the demos with `rllib demos`."
-                    )
-                obs, _ = env.reset(seed=seed)
-                start = trajectory_utils.index_dict(group["env_states"], 0)
-                _check_start(path, episode, start, base.get_state_dict())
-                frames = [obs]
+                frames = [_reset_at_demo_start(env, path, episode, group)]
                 actions = np.asarray(group["actions"], np.float32)
                 success = False
                 for action in actions:

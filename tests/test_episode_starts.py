@@ -71,8 +71,9 @@ def _state_file(folder):
 
 
 def _seeds(path):
-    with open(os.path.splitext(path)[0] + ".json") as f:
-        return [e["episode_seed"] for e in json.load(f)["episodes"]]
+    from rllib_pirl.demos import demo_meta
+
+    return [e["episode_seed"] for e in demo_meta(path)["episodes"]]
 
 
 def _camera_env(max_episode_steps=100):

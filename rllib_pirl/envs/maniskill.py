@@ -290,8 +290,7 @@ class ManiSkillTaskEnv(gym.Env):
         self._grasp_steps = self._grasp_steps + 1 if grasped else 0
         return float(pirl_potential(grasped, self._grasp_steps, bool(info.get("success", False))))
 
-    def _info(self, info, success: bool | None = None) -> dict[str, Any]:
-        success = bool(info.get("success", False)) if success is None else success
+    def _info(self, success: bool) -> dict[str, Any]:
         return {"success": success, "task_id": self.task_index, "task": self.task}
 
     def reset(self, *, seed=None, options=None):
@@ -306,7 +305,7 @@ class ManiSkillTaskEnv(gym.Env):
         if grasped_flags(info).any():
             raw, info = self._refresh_contacts()
         self._grasp_steps, self._potential = 0, 0.0  # Φ_0 = 0: see grasped_flags
-        return self.obs_format(raw), self._info(info, success=False)
+        return self.obs_format(raw), self._info(False)
 
     def _refresh_contacts(self):
         """The reset's observation and info with contacts of the reset state. ManiSkill's
@@ -331,7 +330,7 @@ class ManiSkillTaskEnv(gym.Env):
             reward, self._potential = potential - self._potential, potential
         elif self.config.reward_mode == "sparse":
             reward = float(success)
-        return self.obs_format(raw), float(reward), bool(terminated) or success, bool(truncated), self._info(info)
+        return self.obs_format(raw), float(reward), bool(terminated) or success, bool(truncated), self._info(success)
 
     def render(self):
         return self.env.render()
