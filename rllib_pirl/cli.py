@@ -121,6 +121,10 @@ def cmd_sft(args) -> int:
             f"--model {args.model} needs --tokenizer PATH (PaliGemma's SentencePiece model, or a small one for "
             "tiny models: `rllib tokenizer --out OUT.model`) or --pretrained CHECKPOINT with a tokenizer in it."
         )
+    if args.render_procs < 1 or args.image_shift < 0:
+        raise UsageError(
+            f"--render-procs must be >= 1 and --image-shift >= 0, got {args.render_procs}, {args.image_shift}"
+        )
     if pi and args.tokenizer and not os.path.isfile(args.tokenizer):
         raise UsageError(f"--tokenizer {args.tokenizer}: no such file.")
     demos, tasks, camera_size = load_sft_demos(
@@ -129,6 +133,7 @@ def cmd_sft(args) -> int:
         tasks=args.tasks.split(",") if args.tasks else None,
         limit_per_task=args.num_demos,
         camera_size=args.camera_size,
+        render_procs=args.render_procs,
     )
     metadata = {"command": "rllib " + " ".join(args.argv), "demo_counts": demo_counts(demos)}
     common = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
@@ -142,6 +147,7 @@ def cmd_sft(args) -> int:
             pi_config=None if args.pretrained else PiConfig.tiny(args.model, chunk_size=args.chunk).to_dict(),
             pretrained=args.pretrained,
             log_every=max(1, min(1000, args.steps // 20)),
+            image_shift=args.image_shift,
             metadata=metadata | {"camera_size": camera_size},
             **common,
         )
@@ -260,7 +266,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="evaluate the tasks of a suite in this many processes at once (default 1; each loads the model)",
+        help="worker processes (default 1; each loads the model): the tasks of a suite at once, and a task's "
+        "seeds split among them when there are more workers than tasks (the same seeds)",
     )
     ev.set_defaults(func=cmd_evaluate)
     de = sub.add_parser(
@@ -320,6 +327,19 @@ def make_parser() -> argparse.ArgumentParser:
         "--camera-size",
         type=int,
         help="π0 / π0.5: camera resolution in px (= env_config; ManiSkill default 32, LIBERO default: the files')",
+    )
+    sf.add_argument(
+        "--image-shift",
+        type=int,
+        default=0,
+        help="π0 / π0.5: random-shift augmentation of the camera images by up to this many px (DrQ-style; default 0)",
+    )
+    sf.add_argument(
+        "--render-procs",
+        type=int,
+        default=2,
+        help="π0 / π0.5 on ManiSkill demos: processes that render the demos with cameras the first time (default 2; "
+        "software rendering takes one core each)",
     )
     sf.set_defaults(func=cmd_sft)
     ex = sub.add_parser(

@@ -15,10 +15,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +39,7 @@ RENDER_VERSION = 2
 DEMO_ROBOTS = ("panda", "panda_wristcam")
 WRIST_JOINT = 6  # panda_joint7
 START_TOLERANCE = 1e-4  # poses and joint positions of a demo's start vs the env's reset
+RENDER_SHARE = 10  # demo episodes a rendering process replays per share
 
 
 @dataclass
@@ -236,15 +239,17 @@ def rendered_path(path: str, camera_size: int) -> str:
     return os.path.join(folder, name.replace(".state.", f".rgb{camera_size}.", 1))
 
 
-def render_demos(paths: Sequence[str], camera_size: int, limit_per_task: int | None = None) -> list[Demo]:
+def render_demos(
+    paths: Sequence[str], camera_size: int, limit_per_task: int | None = None, num_procs: int = 1
+) -> list[Demo]:
     """Re-run state demos in rllib_pirl's own ManiSkill env with cameras (obs_mode "rgb",
     ``camera_size`` px): each episode starts from the env's reset with the demo's seed
     (checked to be the demo's recorded start, see :func:`_check_start`) and replays its
     actions, so observations are exactly what the RL env and evaluations produce. An
     episode that does not end in success on replay is dropped (and counted). Rendered
     episodes are kept in :func:`rendered_path` and reused; a cache of another
-    :data:`RENDER_VERSION` is rendered again."""
-    import h5py
+    :data:`RENDER_VERSION` is rendered again. ``num_procs`` > 1 renders in that many
+    processes (software rendering takes one core each)."""
 
     demos: list[Demo] = []
     for path in demo_files(paths):
@@ -260,21 +265,43 @@ def render_demos(paths: Sequence[str], camera_size: int, limit_per_task: int | N
         cache = rendered_path(path, camera_size)
         digest = _file_digest(path)
         _drop_outdated(cache, digest)
-        with h5py.File(cache, "a") as out:
-            out.attrs["render_version"], out.attrs["source_sha256"] = RENDER_VERSION, digest
-            dropped = set(out.attrs.get("dropped", []))
-            todo = [e for e in episodes if f"traj_{e['episode_id']}" not in out and e["episode_id"] not in dropped]
-            if todo:
-                _render_into(out, path, meta, todo, camera_size, dropped)
+        if _episodes_to_render(cache, episodes):  # read-only otherwise: several trainings may share the cache
+            with _open_cache(cache, "a") as out:
+                out.attrs["render_version"], out.attrs["source_sha256"] = RENDER_VERSION, digest
+                dropped = set(out.attrs.get("dropped", []))
+                todo = [e for e in episodes if f"traj_{e['episode_id']}" not in out and e["episode_id"] not in dropped]
+                _render_into(out, path, meta, todo, camera_size, dropped, num_procs)
+        with _open_cache(cache, "r") as f:
             for e in episodes:
                 key = f"traj_{e['episode_id']}"
-                if key in out:
-                    group = out[key]
+                if key in f:
+                    group = f[key]
                     images = {cam: np.asarray(group[cam]) for cam in CAMERA_KEYS if cam in group}
                     demos.append(Demo(task, np.asarray(group["state"]), np.asarray(group["actions"]), images))
         kept = sum(1 for d in demos if d.task == task)
         print(f"[demos] {task}: {kept} demos with {camera_size}-px cameras ({cache}; {len(episodes) - kept} dropped)")
     return demos
+
+
+def _episodes_to_render(cache: str, episodes: list) -> bool:
+    """Whether any of ``episodes`` is neither in the render cache nor dropped from it."""
+    if not os.path.exists(cache):
+        return True
+    with _open_cache(cache, "r") as f:
+        dropped = set(f.attrs.get("dropped", []))
+        return any(f"traj_{e['episode_id']}" not in f and e["episode_id"] not in dropped for e in episodes)
+
+
+def _open_cache(cache: str, mode: str):
+    import h5py
+
+    try:
+        return h5py.File(cache, mode)
+    except BlockingIOError:
+        raise ValueError(
+            f"{cache} is being rendered by another process (HDF5 file lock). Wait until it is done (it then "
+            "serves any number of trainings at once), or render into another copy of the demos."
+        ) from None
 
 
 def _file_digest(path: str) -> str:
@@ -288,11 +315,10 @@ def _file_digest(path: str) -> str:
 def _drop_outdated(cache: str, source_digest: str) -> None:
     """Delete a render cache of another :data:`RENDER_VERSION` or of other source demos
     (saying so): it is rendered again rather than mixed with new renders."""
-    import h5py
 
     if not os.path.exists(cache):
         return
-    with h5py.File(cache, "r") as f:
+    with _open_cache(cache, "r") as f:
         version, source = f.attrs.get("render_version", 1), f.attrs.get("source_sha256")
     if version != RENDER_VERSION:
         why = f"render version {version} (now {RENDER_VERSION}: frame 0 is the env's own reset, the wrist included)"
@@ -348,43 +374,79 @@ def _check_start(path: str, episode: dict, recorded: dict, reset: dict) -> None:
         )
 
 
-def _render_into(out, path: str, meta: dict, episodes: list, camera_size: int, dropped: set) -> None:
+def _render_into(out, path: str, meta: dict, episodes: list, camera_size: int, dropped: set, num_procs: int) -> None:
+    """Render ``episodes`` in shares of :data:`RENDER_SHARE` (in ``num_procs`` processes
+    when more than one) and write each share's successful episodes into ``out`` as it
+    arrives, in order; an interrupted render resumes from the last complete share."""
+    task = meta["env_info"]["env_id"]
+    shares = [episodes[i : i + RENDER_SHARE] for i in range(0, len(episodes), RENDER_SHARE)]
+    args = [(path, meta, share, camera_size) for share in shares]
+    pool = None
+    if num_procs > 1 and len(shares) > 1:
+        pool = ProcessPoolExecutor(min(num_procs, len(shares)), mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(_render_share, *zip(*args))
+    else:
+        results = (_render_share(*a) for a in args)
+    done = 0
+    try:
+        for rendered in results:
+            for episode_id, episode in rendered:
+                if episode is None:
+                    dropped.add(episode_id)
+                    out.attrs["dropped"] = sorted(dropped)
+                else:  # written under a temporary name, renamed when complete
+                    name, tmp = f"traj_{episode_id}", f"partial_traj_{episode_id}"
+                    if tmp in out:
+                        del out[tmp]
+                    traj = out.create_group(tmp)
+                    for key, data in episode.items():
+                        traj.create_dataset(key, data=data, compression="gzip" if key in CAMERA_KEYS else None)
+                    out.move(tmp, name)
+            out.flush()
+            done += len(rendered)
+            print(f"[demos] rendered {done}/{len(episodes)} {task} demos at {camera_size} px", flush=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        else:
+            _close_render_envs()
+
+
+_RENDER_ENVS: dict = {}  # camera envs of this process, by (task, control mode, camera size)
+
+
+def _close_render_envs() -> None:
+    while _RENDER_ENVS:
+        _RENDER_ENVS.popitem()[1].close()
+
+
+def _render_share(path: str, meta: dict, episodes: list, camera_size: int) -> list[tuple[int, dict | None]]:
+    """Replay demo episodes in this process's camera env: ``(episode id, {state, actions,
+    cameras} or None where the replay does not end in success)`` per episode."""
     import h5py
 
     from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
 
-    task = meta["env_info"]["env_id"]
-    control = meta["env_info"]["env_kwargs"]["control_mode"]
-    config = ManiSkillConfig(
-        tasks=[task], obs_mode="rgb", camera_size=camera_size, control_mode=control, max_episode_steps=10_000
-    )
-    env = ManiSkillTaskEnv(config)
-    try:
-        with h5py.File(path, "r") as f:
-            for n, episode in enumerate(episodes):
-                group = f[f"traj_{episode['episode_id']}"]
-                frames = [_reset_at_demo_start(env, path, episode, group)]
-                actions = np.asarray(group["actions"], np.float32)
-                success = False
-                for action in actions:
-                    obs, _, _, _, info = env.step(action)
-                    frames.append(obs)
-                    success = info["success"]
-                if success:  # written under a temporary name, renamed when complete
-                    name, tmp = f"traj_{episode['episode_id']}", f"partial_traj_{episode['episode_id']}"
-                    if tmp in out:
-                        del out[tmp]
-                    traj = out.create_group(tmp)
-                    traj.create_dataset("state", data=np.stack([o["state"] for o in frames]))
-                    traj.create_dataset("actions", data=actions)
-                    for cam in CAMERA_KEYS:
-                        traj.create_dataset(cam, data=np.stack([o[cam] for o in frames]), compression="gzip")
-                    out.move(tmp, name)
-                else:
-                    dropped.add(episode["episode_id"])
-                    out.attrs["dropped"] = sorted(dropped)
-                out.flush()
-                if (n + 1) % 10 == 0 or n + 1 == len(episodes):
-                    print(f"[demos] rendered {n + 1}/{len(episodes)} {task} demos at {camera_size} px", flush=True)
-    finally:
-        env.close()
+    task, control = meta["env_info"]["env_id"], meta["env_info"]["env_kwargs"]["control_mode"]
+    key = (task, control, camera_size)
+    if key not in _RENDER_ENVS:
+        config = ManiSkillConfig(
+            tasks=[task], obs_mode="rgb", camera_size=camera_size, control_mode=control, max_episode_steps=10_000
+        )
+        _RENDER_ENVS[key] = ManiSkillTaskEnv(config)
+    env = _RENDER_ENVS[key]
+    rendered = []
+    with h5py.File(path, "r") as f:
+        for episode in episodes:
+            group = f[f"traj_{episode['episode_id']}"]
+            frames = [_reset_at_demo_start(env, path, episode, group)]
+            actions = np.asarray(group["actions"], np.float32)
+            success = False
+            for action in actions:
+                obs, _, _, _, info = env.step(action)
+                frames.append(obs)
+                success = info["success"]
+            data = {"state": np.stack([o["state"] for o in frames]), "actions": actions}
+            data.update({cam: np.stack([o[cam] for o in frames]) for cam in CAMERA_KEYS})
+            rendered.append((episode["episode_id"], data if success else None))
+    return rendered

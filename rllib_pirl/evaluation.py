@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import math
 import os
 from collections.abc import Callable
@@ -420,7 +422,10 @@ def evaluate_checkpoint(
     ``env_config`` overrides the checkpoint's keys. ``episodes`` per task, episode i reset with
     seed ``seed + i``: default 100; on envs with fixed initial states (LIBERO's 50 per task)
     episode i starts from initial state ``seed + i``, and the default is all of them.
-    ``workers``: tasks evaluated at once in worker processes (each loads the policy).
+    ``workers``: worker processes (each loads the policy) that evaluate the tasks at once,
+    and split each task's seeds when there are more workers than tasks (the same seeds; on
+    ManiSkill an episode after one that ended in a grasp differs slightly from the same seed
+    in a fresh process: PhysX keeps something of the grasp outside its state dict).
     ``video_dir``: mp4s of the first 3 episodes of each task (camera observations).
     Bad input raises :class:`~rllib_pirl.errors.UsageError` before any episode runs.
     """
@@ -490,18 +495,38 @@ def evaluate_checkpoint(
         for index, make in enumerate(makers)
     ]
     result = EvalResult()
-    if workers > 1 and len(tasks) > 1:
+    if workers > 1:
         import concurrent.futures
         import multiprocessing
 
+        shares = [share for task in tasks for share in _seed_shares(task, max(1, workers // len(tasks)))]
         if verbose:
-            print(f"  {len(tasks)} tasks over {min(workers, len(tasks))} worker processes", flush=True)
+            print(f"  {len(shares)} shares of episodes over {min(workers, len(shares))} worker processes", flush=True)
         context = multiprocessing.get_context("forkserver")
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
-            for task_result in pool.map(_run_in_worker, tasks):  # in task order
-                result.extend(task_result)
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(shares)), mp_context=context) as pool:
+            for share_result in pool.map(_run_in_worker, shares):  # in task and seed order
+                result.extend(share_result)
     else:
         for task in tasks:
             task_result, module = task.run(module)
             result.extend(task_result)
     return result
+
+
+def _seed_shares(task: TaskEvaluation, n: int) -> list[TaskEvaluation]:
+    """``task``'s episodes split into ``n`` runs of consecutive seeds (the first keeps the
+    videos), so that their results in order are the episodes of ``task`` in order."""
+    n = min(n, task.episodes)
+    if n == 1:
+        return [task]
+    bounds = [task.episodes * k // n for k in range(n + 1)]
+    return [
+        dataclasses.replace(
+            task,
+            seed=task.seed + lo,
+            episodes=hi - lo,
+            video_dir=task.video_dir if k == 0 else None,
+            label=f"{task.label.rstrip()} seeds {task.seed + lo}..{task.seed + hi - 1}:",
+        )
+        for k, (lo, hi) in enumerate(itertools.pairwise(bounds))
+    ]

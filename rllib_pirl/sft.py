@@ -65,12 +65,40 @@ def norm_stats(data: dict[str, torch.Tensor]) -> dict[str, dict[str, list[float]
     return stats
 
 
-def fit(model, data: dict[str, torch.Tensor], steps: int, batch_size: int, lr: float, seed: int, log_every: int):
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random-shift augmentation of (B, H, W, C) camera images (DrQ, Kostrikov et al. 2020):
+    each image is padded by ``pad`` px on every side (edge pixels repeated) and cropped back
+    to H × W at a random offset in [0, 2·pad]² of its own — a shift of up to ``pad`` px."""
+    b, h, w, _ = images.shape
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="replicate")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, padded.shape[1], h, padded.shape[3])
+    padded = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, padded.shape[1], h, w)
+    return padded.gather(3, cols).permute(0, 2, 3, 1).to(images.dtype)
+
+
+def fit(
+    model,
+    data: dict[str, torch.Tensor],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    log_every: int,
+    image_shift: int = 0,
+):
     """Minimise the flow-matching loss over random minibatches (AdamW, cosine decay);
-    the RL heads (value, noise) and frozen parameters are left alone."""
+    the RL heads (value, noise) and frozen parameters are left alone. ``image_shift``:
+    camera images ((B, H, W, 3) uint8 entries) get :func:`random_shift` by up to that
+    many px in each minibatch."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    if image_shift < 0:
+        raise ValueError(f"image_shift must be >= 0, got {image_shift}")
     rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    cameras = [k for k, v in data.items() if v.dtype == torch.uint8 and v.dim() == 4] if image_shift else []
     n = data["actions"].shape[0]
     heads = {id(p) for p in model.rl_head_parameters()}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
@@ -80,7 +108,10 @@ def fit(model, data: dict[str, torch.Tensor], steps: int, batch_size: int, lr: f
     start, running = time.time(), []
     for step in range(1, steps + 1):
         idx = torch.from_numpy(rng.integers(0, n, batch_size))
-        loss = model.flow_matching_loss({k: v[idx] for k, v in data.items() if k != "actions"}, data["actions"][idx])
+        obs = {k: v[idx] for k, v in data.items() if k != "actions"}
+        for cam in cameras:
+            obs[cam] = random_shift(obs[cam], image_shift, generator)
+        loss = model.flow_matching_loss(obs, data["actions"][idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -159,6 +190,7 @@ def train_pi_sft(
     seed: int = 0,
     log_every: int = 100,
     train_vlm: bool = True,
+    image_shift: int = 0,
     metadata: dict | None = None,
 ):
     """Train π0 / π0.5 by flow matching on demos with camera images (:func:`render_demos`,
@@ -167,7 +199,8 @@ def train_pi_sft(
     random ones of ``pi_config`` (default: the tiny CPU size). Chunks are the model's
     ``chunk_size``; statistics (mean/std, q01/q99) come from the demos. ``train_vlm``:
     train the VLM too (needed from random weights); the checkpoint is written with
-    ``train_expert_only`` on, the RL default."""
+    ``train_expert_only`` on, the RL default. ``image_shift``: random-shift augmentation of
+    the camera images by up to that many px (:func:`random_shift`; 0: none)."""
     from rllib_pirl.envs import ENVS
     from rllib_pirl.models.pi0 import PiConfig, PiPolicy
 
@@ -204,8 +237,9 @@ def train_pi_sft(
         data = chunk_dataset(demos, tasks, chunk, state_dim)
         model = PiPolicy(config, norm_stats=norm_stats(data), **kwargs)
     _describe(demos, tasks, data, chunk, steps, batch_size)
-    fit(model, data, steps, batch_size, lr, seed, log_every)
+    fit(model, data, steps, batch_size, lr, seed, log_every, image_shift=image_shift)
     info = {"tasks": list(tasks), "chunk": chunk, "num_demos": len(demos), "steps": steps, "seed": seed}
+    info["image_shift"] = image_shift
     model.init_kwargs["train_expert_only"] = True  # RL fine-tunes the expert (πRL's default)
     model.save_pretrained(out, metadata={**info, **(metadata or {})})
     print(f"[sft] wrote {out}", flush=True)
@@ -230,10 +264,11 @@ def load_sft_demos(
     tasks: Sequence[str] | None = None,
     limit_per_task: int | None = None,
     camera_size: int | None = None,
+    render_procs: int = 1,
 ) -> tuple[list[Demo], list[str], int | None]:
     """``(demos, task order, camera size)`` for SFT from demo files or folders: ManiSkill's
     (from ``rllib demos``; re-rendered with the env's cameras at ``camera_size`` px, default
-    32, when ``with_cameras``) or LIBERO's (``*_demo.hdf5``, with their own cameras; π0 / π0.5
+    32, when ``with_cameras``, in ``render_procs`` processes) or LIBERO's (``*_demo.hdf5``, with their own cameras; π0 / π0.5
     only). ``tasks`` (default: the demos' tasks, sorted) must all have demos; bad input raises
     :class:`~rllib_pirl.errors.UsageError`."""
     from rllib_pirl.demos import load_demos, render_demos
@@ -261,7 +296,11 @@ def load_sft_demos(
         raise UsageError(f"No demos of {missing} under {list(paths)}; found {demo_counts(demos)}.")
     if with_cameras and not libero:
         camera_size = camera_size or 32
-        demos = [d for d in render_demos(paths, camera_size, limit_per_task=limit_per_task) if d.task in tasks]
+        demos = [
+            d
+            for d in render_demos(paths, camera_size, limit_per_task=limit_per_task, num_procs=render_procs)
+            if d.task in tasks
+        ]
         if not demos:
             raise UsageError("No demo replayed successfully with cameras; nothing to train on.")
     elif libero:

@@ -145,7 +145,8 @@ def test_sft_leaves_the_heads_the_model_names_alone():
 
 def test_evaluate_checkpoint_from_python(ray_session, tmp_path):
     """An algorithm checkpoint and the model exported from it evaluate the same through the
-    Python API as the algorithm's own module does; bad input is a UsageError."""
+    Python API as the algorithm's own module does, also with the seeds split between two
+    worker processes; bad input is a UsageError."""
     from rllib_pirl import FlowSDEConfig, evaluate_checkpoint
     from rllib_pirl.envs import make_point_reach
     from rllib_pirl.errors import UsageError
@@ -166,6 +167,8 @@ def test_evaluate_checkpoint_from_python(ray_session, tmp_path):
         str(tmp_path / "model"), env="PointReach", env_config={"action_chunk": 4}, episodes=5, seed=20, verbose=False
     )
     assert from_model.returns == expected.returns
+    split = evaluate_checkpoint(str(tmp_path / "algo"), episodes=5, seed=20, workers=2, verbose=False)
+    assert split.returns == expected.returns and split.lengths == expected.lengths  # seeds 20-21 and 22-24
     with pytest.raises(UsageError, match="neither an RLlib algorithm checkpoint"):
         evaluate_checkpoint(str(tmp_path), verbose=False)
     with pytest.raises(UsageError, match="needs an env"):

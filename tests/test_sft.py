@@ -72,3 +72,23 @@ def test_checkpoints_that_do_not_fit_are_rejected(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a model checkpoint"):
         load_model(str(tmp_path / "missing"))
     assert not (tmp_path / "m.tmp").exists()
+
+
+def test_random_shift_crops_the_edge_padded_image_at_a_random_offset():
+    from rllib_pirl.sft import random_shift
+
+    images = torch.randint(0, 256, (64, 6, 5, 3), dtype=torch.uint8)
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and shifted.dtype == torch.uint8
+    padded = np.pad(images.numpy(), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    offsets = set()
+    for i in range(len(images)):
+        (offset,) = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(padded[i, dy : dy + 6, dx : dx + 5], shifted[i].numpy())
+        ]
+        offsets.add(offset)
+    assert len(offsets) > 10  # each image its own shift
+    assert torch.equal(random_shift(images, 0, torch.Generator()), images)
