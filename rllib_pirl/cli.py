@@ -108,10 +108,37 @@ def cmd_demos(args) -> int:
     return 0
 
 
+def tiny_pi_config(args) -> dict:
+    """PiConfig.tiny of ``--model`` with ``--chunk``, and ``--pi-config``'s fields replacing
+    its own (a sub-size such as ``expert`` is updated key by key)."""
+    from rllib_pirl.models.pi0 import PiConfig
+
+    config = PiConfig.tiny(args.model, chunk_size=args.chunk).to_dict()
+    try:
+        changes = json.loads(args.pi_config) if args.pi_config else {}
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--pi-config is not valid JSON ({e}): {args.pi_config}") from None
+    if not isinstance(changes, dict):
+        raise UsageError(f"--pi-config must be a JSON object of PiConfig fields, got {args.pi_config}")
+    for key, value in changes.items():
+        if key not in config:
+            raise UsageError(f"--pi-config: PiConfig has no field {key!r}; fields: {sorted(config)}")
+        if isinstance(config[key], dict) and isinstance(value, dict):
+            unknown = sorted(set(value) - set(config[key]))
+            if unknown:
+                raise UsageError(f"--pi-config: {key} has no field {unknown}; fields: {sorted(config[key])}")
+            value = {**config[key], **value}
+        config[key] = value
+    try:
+        PiConfig.from_dict(config)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--pi-config: {e}") from None
+    return config
+
+
 def cmd_sft(args) -> int:
     import torch
 
-    from rllib_pirl.models.pi0 import PiConfig
     from rllib_pirl.sft import demo_counts, load_sft_demos, train_pi_sft, train_sft
 
     torch.set_num_threads(max(1, args.threads))
@@ -121,6 +148,12 @@ def cmd_sft(args) -> int:
             f"--model {args.model} needs --tokenizer PATH (PaliGemma's SentencePiece model, or a small one for "
             "tiny models: `rllib tokenizer --out OUT.model`) or --pretrained CHECKPOINT with a tokenizer in it."
         )
+    if args.pi_config and (not pi or args.pretrained):
+        raise UsageError(
+            "--pi-config sizes a π0 / π0.5 from random weights: use it with --model pi0/pi05, not --pretrained."
+        )
+    if pi and not args.pretrained:
+        tiny_pi_config(args)  # bad sizes stop here, before any rendering
     if args.render_procs < 1 or args.image_shift < 0:
         raise UsageError(
             f"--render-procs must be >= 1 and --image-shift >= 0, got {args.render_procs}, {args.image_shift}"
@@ -134,6 +167,7 @@ def cmd_sft(args) -> int:
         limit_per_task=args.num_demos,
         camera_size=args.camera_size,
         render_procs=args.render_procs,
+        obs_mode=args.obs_mode,
     )
     metadata = {"command": "rllib " + " ".join(args.argv), "demo_counts": demo_counts(demos)}
     common = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
@@ -144,11 +178,13 @@ def cmd_sft(args) -> int:
             args.out,
             tokenizer=args.tokenizer,
             variant=args.model,
-            pi_config=None if args.pretrained else PiConfig.tiny(args.model, chunk_size=args.chunk).to_dict(),
+            pi_config=None if args.pretrained else tiny_pi_config(args),
             pretrained=args.pretrained,
             log_every=max(1, min(1000, args.steps // 20)),
             image_shift=args.image_shift,
-            metadata=metadata | {"camera_size": camera_size},
+            metadata=metadata
+            | {"camera_size": camera_size}
+            | ({"obs_mode": args.obs_mode} if args.obs_mode != "rgb" else {}),
             **common,
         )
     else:
@@ -333,6 +369,19 @@ def make_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="π0 / π0.5: random-shift augmentation of the camera images by up to this many px (DrQ-style; default 0)",
+    )
+    sf.add_argument(
+        "--pi-config",
+        help="π0 / π0.5 from random weights: JSON of PiConfig fields replacing the tiny CPU size's, e.g. "
+        '\'{"expert": {"width": 128, "mlp_dim": 256}}\' (a wider action expert)',
+    )
+    sf.add_argument(
+        "--obs-mode",
+        default="rgb",
+        choices=["rgb", "state+rgb"],
+        help="π0 / π0.5 on ManiSkill demos: the env's obs_mode they are rendered in (= env_config.obs_mode): rgb "
+        "(state = proprioception, default) or state+rgb (the task's full state with object poses: a control that "
+        "need not find the object in the images)",
     )
     sf.add_argument(
         "--render-procs",

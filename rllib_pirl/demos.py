@@ -40,6 +40,7 @@ DEMO_ROBOTS = ("panda", "panda_wristcam")
 WRIST_JOINT = 6  # panda_joint7
 START_TOLERANCE = 1e-4  # poses and joint positions of a demo's start vs the env's reset
 RENDER_SHARE = 10  # demo episodes a rendering process replays per share
+RENDER_OBS_MODES = ("rgb", "state+rgb")  # env obs modes demos are rendered in
 
 
 @dataclass
@@ -230,17 +231,21 @@ def load_demos(paths: Sequence[str], limit_per_task: int | None = None) -> list[
     return demos
 
 
-def rendered_path(path: str, camera_size: int) -> str:
+def rendered_path(path: str, camera_size: int, obs_mode: str = "rgb") -> str:
     """Where :func:`render_demos` keeps the camera version of a converted demo file:
     ``demos.rgbSIZE.CONTROL.physx_cpu.h5`` beside it (``traj_N/{state, base_camera,
     hand_camera, actions}``; episodes that failed on replay listed in the ``dropped``
     attribute; ``render_version`` and the state file's ``source_sha256``)."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, name.replace(".state.", f".rgb{camera_size}.", 1))
+    return os.path.join(folder, name.replace(".state.", f".{obs_mode.replace('+', '')}{camera_size}.", 1))
 
 
 def render_demos(
-    paths: Sequence[str], camera_size: int, limit_per_task: int | None = None, num_procs: int = 1
+    paths: Sequence[str],
+    camera_size: int,
+    limit_per_task: int | None = None,
+    num_procs: int = 1,
+    obs_mode: str = "rgb",
 ) -> list[Demo]:
     """Re-run state demos in rllib_pirl's own ManiSkill env with cameras (obs_mode "rgb",
     ``camera_size`` px): each episode starts from the env's reset with the demo's seed
@@ -249,7 +254,11 @@ def render_demos(
     episode that does not end in success on replay is dropped (and counted). Rendered
     episodes are kept in :func:`rendered_path` and reused; a cache of another
     :data:`RENDER_VERSION` is rendered again. ``num_procs`` > 1 renders in that many
-    processes (software rendering takes one core each)."""
+    processes (software rendering takes one core each). ``obs_mode``: the env's "rgb"
+    (state = proprioception) or "state+rgb" (state = the task's full state, object poses
+    included: a π0 that need not find the object in the images, a control for vision)."""
+    if obs_mode not in RENDER_OBS_MODES:
+        raise ValueError(f"obs_mode must be one of {RENDER_OBS_MODES} to render demos with cameras, got {obs_mode!r}")
 
     demos: list[Demo] = []
     for path in demo_files(paths):
@@ -262,7 +271,7 @@ def render_demos(
                 f"which reproduces only {' / '.join(DEMO_ROBOTS)}. Make the demos with `rllib demos`."
             )
         episodes = meta["episodes"][:limit_per_task] if limit_per_task else meta["episodes"]
-        cache = rendered_path(path, camera_size)
+        cache = rendered_path(path, camera_size, obs_mode)
         digest = _file_digest(path)
         _drop_outdated(cache, digest)
         if _episodes_to_render(cache, episodes):  # read-only otherwise: several trainings may share the cache
@@ -270,7 +279,7 @@ def render_demos(
                 out.attrs["render_version"], out.attrs["source_sha256"] = RENDER_VERSION, digest
                 dropped = set(out.attrs.get("dropped", []))
                 todo = [e for e in episodes if f"traj_{e['episode_id']}" not in out and e["episode_id"] not in dropped]
-                _render_into(out, path, meta, todo, camera_size, dropped, num_procs)
+                _render_into(out, path, meta, todo, camera_size, dropped, num_procs, obs_mode)
         with _open_cache(cache, "r") as f:
             for e in episodes:
                 key = f"traj_{e['episode_id']}"
@@ -374,13 +383,15 @@ def _check_start(path: str, episode: dict, recorded: dict, reset: dict) -> None:
         )
 
 
-def _render_into(out, path: str, meta: dict, episodes: list, camera_size: int, dropped: set, num_procs: int) -> None:
+def _render_into(
+    out, path: str, meta: dict, episodes: list, camera_size: int, dropped: set, num_procs: int, obs_mode: str
+) -> None:
     """Render ``episodes`` in shares of :data:`RENDER_SHARE` (in ``num_procs`` processes
     when more than one) and write each share's successful episodes into ``out`` as it
     arrives, in order; an interrupted render resumes from the last complete share."""
     task = meta["env_info"]["env_id"]
     shares = [episodes[i : i + RENDER_SHARE] for i in range(0, len(episodes), RENDER_SHARE)]
-    args = [(path, meta, share, camera_size) for share in shares]
+    args = [(path, meta, share, camera_size, obs_mode) for share in shares]
     pool = None
     if num_procs > 1 and len(shares) > 1:
         pool = ProcessPoolExecutor(min(num_procs, len(shares)), mp_context=multiprocessing.get_context("spawn"))
@@ -420,7 +431,9 @@ def _close_render_envs() -> None:
         _RENDER_ENVS.popitem()[1].close()
 
 
-def _render_share(path: str, meta: dict, episodes: list, camera_size: int) -> list[tuple[int, dict | None]]:
+def _render_share(
+    path: str, meta: dict, episodes: list, camera_size: int, obs_mode: str
+) -> list[tuple[int, dict | None]]:
     """Replay demo episodes in this process's camera env: ``(episode id, {state, actions,
     cameras} or None where the replay does not end in success)`` per episode."""
     import h5py
@@ -428,10 +441,10 @@ def _render_share(path: str, meta: dict, episodes: list, camera_size: int) -> li
     from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
 
     task, control = meta["env_info"]["env_id"], meta["env_info"]["env_kwargs"]["control_mode"]
-    key = (task, control, camera_size)
+    key = (task, control, camera_size, obs_mode)
     if key not in _RENDER_ENVS:
         config = ManiSkillConfig(
-            tasks=[task], obs_mode="rgb", camera_size=camera_size, control_mode=control, max_episode_steps=10_000
+            tasks=[task], obs_mode=obs_mode, camera_size=camera_size, control_mode=control, max_episode_steps=10_000
         )
         _RENDER_ENVS[key] = ManiSkillTaskEnv(config)
     env = _RENDER_ENVS[key]

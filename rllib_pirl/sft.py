@@ -233,6 +233,8 @@ def train_pi_sft(
         model.set_norm_stats(norm_stats(data))  # the demos' statistics replace the checkpoint's
     else:
         config = PiConfig.from_dict(pi_config) if pi_config else PiConfig.tiny(variant)
+        if state_dim > config.max_state_dim:  # from random weights the state projection can be as wide as needed
+            config = PiConfig.from_dict({**config.to_dict(), "max_state_dim": state_dim})
         chunk = config.chunk_size
         data = chunk_dataset(demos, tasks, chunk, state_dim)
         model = PiPolicy(config, norm_stats=norm_stats(data), **kwargs)
@@ -265,10 +267,11 @@ def load_sft_demos(
     limit_per_task: int | None = None,
     camera_size: int | None = None,
     render_procs: int = 1,
+    obs_mode: str = "rgb",
 ) -> tuple[list[Demo], list[str], int | None]:
     """``(demos, task order, camera size)`` for SFT from demo files or folders: ManiSkill's
     (from ``rllib demos``; re-rendered with the env's cameras at ``camera_size`` px, default
-    32, when ``with_cameras``, in ``render_procs`` processes) or LIBERO's (``*_demo.hdf5``, with their own cameras; π0 / π0.5
+    32, when ``with_cameras``, in ``render_procs`` processes, in the env's ``obs_mode``) or LIBERO's (``*_demo.hdf5``, with their own cameras; π0 / π0.5
     only). ``tasks`` (default: the demos' tasks, sorted) must all have demos; bad input raises
     :class:`~rllib_pirl.errors.UsageError`."""
     from rllib_pirl.demos import load_demos, render_demos
@@ -281,6 +284,8 @@ def load_sft_demos(
         libero = any(is_libero_file(f) for f in libero_files(paths))
     except FileNotFoundError:
         libero = False
+    if libero and obs_mode != "rgb":
+        raise UsageError(f"obs_mode {obs_mode!r} is for ManiSkill demos; LIBERO demos carry their own state.")
     if libero and not with_cameras:
         raise UsageError("LIBERO demos train π0 / π0.5 (cameras + 8-D robot state): add --model pi0 or --model pi05.")
     try:
@@ -298,7 +303,9 @@ def load_sft_demos(
         camera_size = camera_size or 32
         demos = [
             d
-            for d in render_demos(paths, camera_size, limit_per_task=limit_per_task, num_procs=render_procs)
+            for d in render_demos(
+                paths, camera_size, limit_per_task=limit_per_task, num_procs=render_procs, obs_mode=obs_mode
+            )
             if d.task in tasks
         ]
         if not demos:

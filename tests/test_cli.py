@@ -132,3 +132,38 @@ def test_bad_stop_json_and_missing_file(tmp_path, capsys):
     assert "No such file" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "neither an RLlib algorithm checkpoint" in capsys.readouterr().err
+
+
+TOKENIZER = os.path.join(REPO, "checkpoints", "tiny_tokenizer.model")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--pi-config", '{"expert": {"wide": 1}}'], r"expert has no field \['wide'\]"),
+        (["--pi-config", '{"foo": 1}'], "PiConfig has no field 'foo'"),
+        (["--pi-config", "{oops"], "--pi-config is not valid JSON"),
+        (["--render-procs", "0"], "--render-procs must be >= 1"),
+        (["--image-shift", "-1"], "--image-shift >= 0"),
+    ],
+)
+def test_bad_sft_options_stop_before_any_demo_is_read(tmp_path, capsys, extra, message):
+    argv = ["sft", "--demos", str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--model", "pi0"]
+    assert main([*argv, "--tokenizer", TOKENIZER, *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+    state = ["sft", "--demos", str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--pi-config", "{}"]
+    assert main(state) == 2
+    assert "use it with --model pi0/pi05" in capsys.readouterr().err
+
+
+def test_pi_config_changes_only_the_fields_it_names():
+    import argparse
+
+    from rllib_pirl.cli import tiny_pi_config
+    from rllib_pirl.models.pi0 import PiConfig
+
+    args = argparse.Namespace(model="pi0", chunk=5, pi_config='{"expert": {"width": 128, "mlp_dim": 256}}')
+    config, tiny = tiny_pi_config(args), PiConfig.tiny("pi0", chunk_size=5).to_dict()
+    assert config["expert"] == {**tiny["expert"], "width": 128, "mlp_dim": 256}
+    assert {k: v for k, v in config.items() if k != "expert"} == {k: v for k, v in tiny.items() if k != "expert"}

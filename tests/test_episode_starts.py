@@ -76,11 +76,11 @@ def _seeds(path):
     return [e["episode_seed"] for e in demo_meta(path)["episodes"]]
 
 
-def _camera_env(max_episode_steps=100):
+def _camera_env(max_episode_steps=100, obs_mode="rgb"):
     from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
 
     config = ManiSkillConfig(
-        tasks=["PickCube-v1"], obs_mode="rgb", camera_size=CAMERA, max_episode_steps=max_episode_steps
+        tasks=["PickCube-v1"], obs_mode=obs_mode, camera_size=CAMERA, max_episode_steps=max_episode_steps
     )
     return ManiSkillTaskEnv(config)
 
@@ -107,19 +107,22 @@ def test_a_state_demo_starts_with_the_env_reset_of_its_seed(demos):
 
 
 @maniskill
-def test_a_rendered_demo_starts_with_the_env_reset_of_its_seed(demos):
+@pytest.mark.parametrize("obs_mode", ["rgb", "state+rgb"])
+def test_a_rendered_demo_starts_with_the_env_reset_of_its_seed(demos, obs_mode):
     """Frame 0 of every rendered demo equals a fresh env's reset with the demo's seed:
-    state (the wrist joint at panda_wristcam's −π/4) and both cameras."""
+    state (the wrist joint at panda_wristcam's −π/4; proprioception, or with "state+rgb"
+    the task's full state) and both cameras."""
     import h5py
 
     from rllib_pirl.demos import RENDER_VERSION, render_demos, rendered_path
 
-    rendered = render_demos([demos], CAMERA)
+    rendered = render_demos([demos], CAMERA, obs_mode=obs_mode)
     path = _state_file(demos)
     assert len(rendered) == 2
-    with h5py.File(rendered_path(path, CAMERA)) as f:
+    assert rendered[0].obs.shape[1] == {"rgb": 29, "state+rgb": 42}[obs_mode]  # PickCube: + cube pose and offsets
+    with h5py.File(rendered_path(path, CAMERA, obs_mode)) as f:
         assert f.attrs["render_version"] == RENDER_VERSION
-    env = _camera_env()
+    env = _camera_env(obs_mode=obs_mode)
     try:
         for demo, seed in zip(rendered, _seeds(path), strict=True):
             obs, _ = env.reset(seed=seed)
@@ -234,6 +237,8 @@ def test_demos_the_camera_env_cannot_reproduce_are_refused(demos, tmp_path):
         json.dump(meta, f)
     with pytest.raises(ValueError, match="robot 'xarm6_robotiq'.*panda / panda_wristcam"):
         render_demos([str(other)], CAMERA)
+    with pytest.raises(ValueError, match="obs_mode must be one of"):
+        render_demos([demos], CAMERA, obs_mode="depth")
 
 
 def _replay_until_it_holds_the_cube(env, demos):
