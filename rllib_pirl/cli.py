@@ -152,8 +152,7 @@ def cmd_sft(args) -> int:
         raise UsageError(
             "--pi-config sizes a π0 / π0.5 from random weights: use it with --model pi0/pi05, not --pretrained."
         )
-    if pi and not args.pretrained:
-        tiny_pi_config(args)  # bad sizes stop here, before any rendering
+    pi_config = tiny_pi_config(args) if pi and not args.pretrained else None  # bad sizes stop before rendering
     if args.render_procs < 1 or args.image_shift < 0:
         raise UsageError(
             f"--render-procs must be >= 1 and --image-shift >= 0, got {args.render_procs}, {args.image_shift}"
@@ -178,7 +177,7 @@ def cmd_sft(args) -> int:
             args.out,
             tokenizer=args.tokenizer,
             variant=args.model,
-            pi_config=None if args.pretrained else tiny_pi_config(args),
+            pi_config=pi_config,
             pretrained=args.pretrained,
             log_every=max(1, min(1000, args.steps // 20)),
             image_shift=args.image_shift,

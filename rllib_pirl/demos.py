@@ -274,11 +274,11 @@ def render_demos(
         cache = rendered_path(path, camera_size, obs_mode)
         digest = _file_digest(path)
         _drop_outdated(cache, digest)
-        if _episodes_to_render(cache, episodes):  # read-only otherwise: several trainings may share the cache
+        todo = _episodes_to_render(cache, episodes)
+        if todo:  # opened for writing only then: several trainings may share a finished cache
             with _open_cache(cache, "a") as out:
                 out.attrs["render_version"], out.attrs["source_sha256"] = RENDER_VERSION, digest
                 dropped = set(out.attrs.get("dropped", []))
-                todo = [e for e in episodes if f"traj_{e['episode_id']}" not in out and e["episode_id"] not in dropped]
                 _render_into(out, path, meta, todo, camera_size, dropped, num_procs, obs_mode)
         with _open_cache(cache, "r") as f:
             for e in episodes:
@@ -292,13 +292,13 @@ def render_demos(
     return demos
 
 
-def _episodes_to_render(cache: str, episodes: list) -> bool:
-    """Whether any of ``episodes`` is neither in the render cache nor dropped from it."""
+def _episodes_to_render(cache: str, episodes: list) -> list:
+    """The ``episodes`` neither in the render cache nor dropped from it (read-only)."""
     if not os.path.exists(cache):
-        return True
+        return list(episodes)
     with _open_cache(cache, "r") as f:
         dropped = set(f.attrs.get("dropped", []))
-        return any(f"traj_{e['episode_id']}" not in f and e["episode_id"] not in dropped for e in episodes)
+        return [e for e in episodes if f"traj_{e['episode_id']}" not in f and e["episode_id"] not in dropped]
 
 
 def _open_cache(cache: str, mode: str):
@@ -423,7 +423,7 @@ def _render_into(
             _close_render_envs()
 
 
-_RENDER_ENVS: dict = {}  # camera envs of this process, by (task, control mode, camera size)
+_RENDER_ENVS: dict = {}  # camera envs of this process, by (task, control mode, camera size, obs mode)
 
 
 def _close_render_envs() -> None:
