@@ -292,7 +292,11 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--seed", type=int, default=0, help="episode i resets with seed SEED + i (LIBERO: initial state SEED + i)"
     )
-    ev.add_argument("--explore", action="store_true", help="use the stochastic exploration policy instead")
+    ev.add_argument(
+        "--explore",
+        action="store_true",
+        help="use the stochastic exploration policy instead (an algorithm checkpoint's at the noise its schedules had reached)",
+    )
     ev.add_argument("--env-config", help="JSON env_config (overrides the one stored in an algorithm checkpoint)")
     ev.add_argument("--env", help="env name (required for a model checkpoint from `rllib sft`)")
     ev.add_argument("--num-denoise-steps", type=int, default=4, help="K for a model checkpoint (default 4)")

@@ -310,7 +310,34 @@ def load_algorithm_checkpoint(path: str):
         config = pickle.load(f)["ctor_args_and_kwargs"][0][0]
     module = RLModule.from_checkpoint(module_dir)
     module.eval()
+    # The exploration noise the run had reached (its schedules at the env steps it had sampled),
+    # not the schedules' start that a fresh module takes.
+    steps = sampled_env_steps(path)
+    module.set_exploration_noise(*module.settings.noise_at(steps))
     return module, config
+
+
+def sampled_env_steps(path: str) -> float:
+    """The env steps an algorithm checkpoint's run had sampled when it was saved (the
+    counter the noise schedules follow), from the checkpoint's own state file."""
+    import pickle
+
+    from ray.rllib.algorithms.algorithm import Algorithm
+    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    file = os.path.join(path, Algorithm.STATE_FILE_NAME)  # algorithm_state.pkl, or .msgpack
+    if os.path.isfile(file + ".msgpack"):
+        import msgpack
+
+        with open(file + ".msgpack", "rb") as f:
+            state = msgpack.load(f, strict_map_key=False)
+    else:
+        with open(file + ".pkl", "rb") as f:
+            state = pickle.load(f)
+    metrics = MetricsLogger()
+    metrics.set_state(state.get("metrics_logger", {}))
+    return float(metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
 
 
 def module_for_model(path: str, env: gym.Env, num_denoise_steps: int, instructions=None):
@@ -414,7 +441,9 @@ def evaluate_checkpoint(
     verbose: bool = True,
 ) -> EvalResult:
     """Evaluate a checkpoint's deterministic (ODE) policy, or with ``explore`` its
-    stochastic exploration policy, on fixed seeds; every task of a suite, one env at a time.
+    stochastic exploration policy (an algorithm checkpoint's at the noise its schedules had
+    reached; a model checkpoint's at the table's defaults), on fixed seeds; every task of a
+    suite, one env at a time.
 
     ``checkpoint``: an algorithm checkpoint (a trial's ``checkpoint_00000N``; its env and
     env_config are the defaults) or a model checkpoint (``rllib sft`` / ``rllib export``; needs

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import secrets
 import time
 import zlib
@@ -361,7 +362,19 @@ class Experiment:
             scheduler=make_scheduler(self.tune_config),
             max_concurrent_trials=self.tune_config.get("max_concurrent_trials"),
             time_budget_s=self.tune_config.get("time_budget_s"),
+            trial_dirname_creator=trial_dirname,
         )
+
+
+def trial_dirname(trial) -> str:
+    """Tune's trial folder name (``TRAINABLE_ID_INDEX_key=value,…_DATE``) without ``init_seed``: the
+    seed of a trial's initial weights is derived, not searched, and under a search algorithm its
+    tag is Tune's placeholder (``init_seed=fn_ph_…``), not a value."""
+    from ray.tune.utils import date_str
+
+    tag = re.sub(r"(^|_|,)init_seed=[^,]*,?", r"\1", trial.experiment_tag).rstrip("_,")
+    max_len = int(os.environ.get("TUNE_MAX_LEN_IDENTIFIER", "130"))  # Tune's own limit
+    return f"{trial}_{tag}"[:max_len] + f"_{date_str()}"
 
 
 def _trial_init_seed(spec) -> int:

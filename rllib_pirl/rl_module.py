@@ -60,7 +60,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
                 "rllib_pirl.envs.ActionChunkWrapper (or use the registered 'ChunkedGym' env)."
             )
         # Without an algorithm config (e.g. a model checkpoint evaluated), the chunk is the env's.
-        settings = FlowModuleSettings.from_model_config(self.model_config, action_chunk=space.shape[0])
+        self.settings = settings = FlowModuleSettings.from_model_config(self.model_config, action_chunk=space.shape[0])
         self.num_denoise_steps, self.action_chunk = settings.num_denoise_steps, settings.action_chunk
         # The exploration noise now (schedules: at env step 0; the algorithm sets it each iteration).
         self.noise_level, self.noise_std_range = settings.noise_at(0)

@@ -175,3 +175,22 @@ def test_evaluate_checkpoint_from_python(ray_session, tmp_path):
         evaluate_checkpoint(str(tmp_path / "model"), verbose=False)
     with pytest.raises(UsageError, match="episodes must be >= 1"):
         evaluate_checkpoint(str(tmp_path / "algo"), episodes=0, verbose=False)
+
+
+def test_an_algorithm_checkpoint_explores_at_the_noise_its_schedule_had_reached(ray_session, tmp_path):
+    """`rllib evaluate --explore` on an algorithm checkpoint uses the noise its run's schedule
+    had reached when it saved (here after the step), not the schedule's start."""
+    from rllib_pirl import FlowSDEConfig
+    from rllib_pirl.evaluation import load_algorithm_checkpoint, sampled_env_steps
+
+    # one iteration samples 128 steps of RLlib's counter (the one the schedules follow): past the step
+    algo = tiny_config(FlowSDEConfig, noise_level=[[0, 0.5], [100, 0.5], [101, 0.2]]).build_algo()
+    try:
+        algo.train()
+        steps = algo.metrics.peek(("env_runners", "num_env_steps_sampled_lifetime"))
+        algo.save_to_path(str(tmp_path / "algo"))
+    finally:
+        algo.stop()
+    assert steps >= 101 and sampled_env_steps(str(tmp_path / "algo")) == steps
+    module, _ = load_algorithm_checkpoint(str(tmp_path / "algo"))
+    assert module.noise_level == pytest.approx(0.2)

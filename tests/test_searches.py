@@ -1,5 +1,6 @@
 """Ray Tune searches from the yaml: sampled values, Optuna + ASHA, PBT, and their bad input."""
 
+import os
 import re
 
 import pytest
@@ -44,6 +45,9 @@ def test_an_optuna_asha_search_samples_three_distinct_learning_rates(tmp_path, r
     for r in results:
         assert r.metrics["exploration"]["noise_level"] == pytest.approx(r.config["noise_level"])
     assert "best trial by env_runners/episode_return_mean (max)" in capsys.readouterr().out
+    # trial folders are named by the searched values, not by the derived init_seed placeholder
+    names = [os.path.basename(r.path) for r in results]
+    assert all("lr=" in n and "init_seed" not in n and "fn_ph" not in n for n in names), names
 
 
 PBT = (
