@@ -322,22 +322,20 @@ def sampled_env_steps(path: str) -> float:
     counter the noise schedules follow), from the checkpoint's own state file."""
     import pickle
 
-    from ray.rllib.algorithms.algorithm import Algorithm
-    from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+    from ray.rllib.utils.checkpoints import get_checkpoint_info, try_import_msgpack
     from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
-    file = os.path.join(path, Algorithm.STATE_FILE_NAME)  # algorithm_state.pkl, or .msgpack
-    if os.path.isfile(file + ".msgpack"):
-        import msgpack
+    from rllib_pirl.algorithms.flow_ppo import schedule_steps
 
-        with open(file + ".msgpack", "rb") as f:
-            state = msgpack.load(f, strict_map_key=False)
-    else:
-        with open(file + ".pkl", "rb") as f:
+    info = get_checkpoint_info(path)  # algorithm_state.pkl, or .msgpack
+    with open(info["state_file"], "rb") as f:
+        if info["format"] == "msgpack":
+            state = try_import_msgpack(error=True).load(f, strict_map_key=False)
+        else:
             state = pickle.load(f)
     metrics = MetricsLogger()
     metrics.set_state(state.get("metrics_logger", {}))
-    return float(metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+    return schedule_steps(metrics)
 
 
 def module_for_model(path: str, env: gym.Env, num_denoise_steps: int, instructions=None):

@@ -232,7 +232,7 @@ class FlowPPO(PPO):
 
     @override(PPO)
     def training_step(self) -> None:
-        steps = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+        steps = schedule_steps(self.metrics)
         level, std_range = self.config.module_settings().noise_at(steps)
         self.env_runner_group.foreach_env_runner(
             lambda runner: runner.module.set_exploration_noise(level, std_range) if runner.module else None
@@ -240,6 +240,12 @@ class FlowPPO(PPO):
         for key, value in (("noise_level", level), ("noise_std_min", std_range[0]), ("noise_std_max", std_range[1])):
             self.metrics.log_value(("exploration", key), value, window=1)
         return super().training_step()
+
+
+def schedule_steps(metrics) -> float:
+    """The counter the schedules follow: the env steps the run has sampled, from the algorithm's
+    MetricsLogger (a running algorithm's, or one restored from a checkpoint's state)."""
+    return float(metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
 
 
 class FlowSDE(FlowPPO):
