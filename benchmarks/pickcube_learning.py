@@ -10,6 +10,11 @@ as they come, to diagnose a run afterwards.
 
     source .vulkan/env.sh
     python benchmarks/pickcube_learning.py --example flow_sde_pickcube.yaml --iterations 200
+
+A run longer than a session: ``--checkpoint DIR`` saves the algorithm there every
+``--checkpoint-every`` iterations together with the loop's counters (``progress.json``); the same
+command run again with the same DIR continues from the last save (rows already written are not
+repeated; ``wall_s`` adds the time of every part).
 """
 
 from __future__ import annotations
@@ -137,6 +142,25 @@ def build_example_algo(example: str, seed: int | None = None, overrides: dict | 
     return spec, build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name).build_algo()
 
 
+def save_progress(algo, folder: str, progress: dict) -> None:
+    """Save the algorithm to ``folder`` and then the loop's counters beside it (last, so that a
+    ``progress.json`` always names a complete save)."""
+    algo.save_to_path(os.path.abspath(folder))
+    tmp = os.path.join(folder, "progress.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(progress, f)
+    os.replace(tmp, os.path.join(folder, "progress.json"))
+
+
+def read_progress(folder: str | None) -> dict | None:
+    """The loop's counters of the last save in ``folder`` (None: nothing to continue)."""
+    path = os.path.join(folder or "", "progress.json")
+    if not folder or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--example", help="tuned example: a file name in tuned_examples/ or a path")
@@ -147,6 +171,8 @@ def main():
         "--config", type=json.loads, default={}, help="config keys replaced, as JSON: '{\"dual_clip_param\": 3}'"
     )
     p.add_argument("--save", help="write the final algorithm checkpoint to this folder")
+    p.add_argument("--checkpoint", help="save every --checkpoint-every iterations here; rerun to continue")
+    p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=40)
     p.add_argument("--episodes", type=int, default=100)
@@ -159,13 +185,28 @@ def main():
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_pickcube.yaml)")
-    spec, algo = build_example_algo(args.example, args.seed, args.config)
+    resumed = read_progress(args.checkpoint)
+    # a continued run draws new simulator seeds and exploration noise (its weights, optimizer and
+    # counters come from the save): rebuilt with the run's seed, it would replay its first episodes
+    seed = resumed["seed"] + 1000 * resumed["iteration"] if resumed else args.seed
+    spec, algo = build_example_algo(args.example, seed, args.config)
     label = args.label or spec["run"]
+    start, rows, policy_steps, env_steps, explore, first = time.time(), [], 0, 0, None, 0
+    train_seed = resumed["seed"] if resumed else algo.config.seed
+    if resumed:
+        if resumed["label"] != label:
+            algo.stop()
+            p.error(f"--checkpoint {args.checkpoint} holds the run {resumed['label']!r}, not {label!r}")
+        algo.restore_from_path(os.path.abspath(args.checkpoint))
+        first, policy_steps, env_steps, explore = (
+            resumed[k] for k in ("iteration", "policy_steps", "env_steps", "explore")
+        )
+        start -= resumed["wall_s"]
+        print(f"resumed {label!r} at iteration {first} from {args.checkpoint}", flush=True)
     env = make_maniskill_env(dict(algo.config.env_config))
     chunk = algo.config.action_chunk
-    start, rows, policy_steps, env_steps, explore = time.time(), [], 0, 0, None
     try:
-        for it in range(args.iterations + 1):
+        for it in range(first, args.iterations + 1):
             if (it % args.eval_every == 0 and not (it == 0 and args.no_start_eval)) or it == args.iterations:
                 episodes = args.final_episodes if it in (0, args.iterations) else args.episodes
                 rows.append(evaluate_row(algo, env, episodes, label, it, policy_steps, env_steps, start, explore))
@@ -204,6 +245,10 @@ def main():
                     f"|logp| {train['mean_abs_logp']:.3f}{grpo} ({train['wall_s']} s)",
                     flush=True,
                 )
+                if args.checkpoint and (it + 1) % args.checkpoint_every == 0:  # saved before its evaluation
+                    progress = {"label": label, "seed": train_seed, "iteration": it + 1, "policy_steps": policy_steps}
+                    progress |= {"env_steps": env_steps, "explore": explore, "wall_s": time.time() - start}
+                    save_progress(algo, args.checkpoint, progress)
         if args.save:
             print(f"checkpoint: {algo.save(os.path.abspath(args.save)).checkpoint.path}", flush=True)
     finally:
