@@ -1,4 +1,5 @@
-"""`rllib train file --resume`: an experiment killed with SIGKILL continues from its last checkpoint."""
+"""`rllib train file --resume`: an experiment killed with SIGKILL continues from its last checkpoint;
+a learner restored from a checkpoint trains at its own config's learning rate."""
 
 import glob
 import json
@@ -8,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from conftest import tiny_yaml_config
+import pytest
+from conftest import tiny_config, tiny_yaml_config
 from test_cli import rllib, write
 
 from rllib_pirl.cli import main
@@ -116,3 +118,25 @@ def test_a_crashed_trial_restarts_from_its_last_checkpoint_with_failure_config(t
             os.killpg(run.pid, signal.SIGKILL)
     _, restarted = iterations_by_process(storage)  # the first process, the restarted one
     assert restarted[0] >= 5 and (restarted[0] - 1) % 4 == 0 and restarted == list(range(restarted[0], 25))
+
+
+def test_a_restored_learner_trains_at_its_own_configs_fixed_lr_not_the_saved_one(ray_session, tmp_path):
+    """PBT's exploit: a trial with a mutated lr restores another trial's checkpoint. The saved
+    optimizer state holds the donor's lr; the restored learner must use its own config's from
+    its first update on (RLlib alone would set it only after that update)."""
+    from rllib_pirl.algorithms import FlowSDEConfig
+
+    def optimizer_lrs(algo):
+        learner = algo.learner_group._learner
+        return sorted(learner._get_optimizer_lr(o) for o in learner._named_optimizers.values())
+
+    donor = tiny_config(FlowSDEConfig, lr=3e-4, value_lr=1e-3).build_algo()
+    donor.train()
+    path = donor.save_to_path(str(tmp_path / "donor"))
+    donor.stop()
+    mutated = tiny_config(FlowSDEConfig, lr=7e-5, value_lr=2e-3).build_algo()
+    try:
+        mutated.restore_from_path(path)
+        assert optimizer_lrs(mutated) == pytest.approx([7e-5, 2e-3])
+    finally:
+        mutated.stop()

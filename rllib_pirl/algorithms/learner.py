@@ -130,6 +130,19 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                 )
 
     @override(PPOTorchLearner)
+    def _set_optimizer_state(self, state) -> None:
+        """RLlib's, then each fixed ``lr`` / ``value_lr`` of this learner's config is put back.
+        A saved optimizer state carries the learning rate it was saved with, and RLlib sets
+        the config's only after the next update: a PBT trial restored from another's
+        checkpoint with a mutated lr would train one whole iteration at the donor's. A
+        schedule keeps the saved value (its own value when it was saved), which the next
+        update replaces with the schedule's."""
+        super()._set_optimizer_state(state)
+        for optimizer, schedule in self._optimizer_lr_schedules.items():
+            if not schedule.use_schedule:
+                self._set_optimizer_lr(optimizer, lr=schedule.get_current_value())
+
+    @override(PPOTorchLearner)
     def compute_loss_for_module(
         self, *, module_id, config, batch: dict[str, Any], fwd_out: dict[str, Any]
     ) -> torch.Tensor:
