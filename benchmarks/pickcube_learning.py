@@ -13,8 +13,8 @@ as they come, to diagnose a run afterwards.
 
 A run longer than a session: ``--checkpoint DIR`` saves the algorithm there every
 ``--checkpoint-every`` iterations together with the loop's counters (``progress.json``); the same
-command run again with the same DIR continues from the last save (rows already written are not
-repeated; ``wall_s`` adds the time of every part).
+command run again with the same DIR continues from the last save (the run's rows written after
+that save are replaced by the continued run's; ``wall_s`` adds the time of every part).
 """
 
 from __future__ import annotations
@@ -152,6 +152,24 @@ def save_progress(algo, folder: str, progress: dict) -> None:
     os.replace(tmp, os.path.join(folder, "progress.json"))
 
 
+def drop_rows_from(name: str, label: str, iteration: int) -> None:
+    """Remove the rows of run ``label`` at ``iteration`` or later from ``NAME.csv``: what a
+    continued run makes again (it restarts at its last save, which came before that
+    iteration's evaluation)."""
+    path = os.path.join(RESULTS, f"{name}.csv")
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    kept = [r for r in rows if r["algorithm"] != label or int(r["iteration"]) < iteration]
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(path + ".tmp", path)
+
+
 def read_progress(folder: str | None) -> dict | None:
     """The loop's counters of the last save in ``folder`` (None: nothing to continue)."""
     path = os.path.join(folder or "", "progress.json")
@@ -202,6 +220,8 @@ def main():
             resumed[k] for k in ("iteration", "policy_steps", "env_steps", "explore")
         )
         start -= resumed["wall_s"]
+        drop_rows_from(args.results, label, first)  # evaluation rows from the save's iteration on
+        drop_rows_from(f"{args.results}_train", label, first + 1)  # training rows after the save
         print(f"resumed {label!r} at iteration {first} from {args.checkpoint}", flush=True)
     env = make_maniskill_env(dict(algo.config.env_config))
     chunk = algo.config.action_chunk
