@@ -5,7 +5,7 @@ checkpoint) on every task (``--episodes`` per task, seeds 100000…), trains
 ``--iterations`` iterations, evaluates again on the same seeds, and appends the rows to
 ``benchmarks/results/suite_learning.csv`` (``--results``); ``suite_learning.png`` shows the table as bars.
 Each training iteration's per-task exploration success and return go to
-``suite_learning_train.csv`` as they come.
+``suite_learning_train.csv`` as they come (drawn in ``suite_learning_train.png``).
 
     source .vulkan/env.sh
     python benchmarks/suite_learning.py --example flow_sde_suite.yaml --iterations 40
@@ -112,6 +112,42 @@ def plot(name):
     ax.set_title("ManiSkill suite (state + task id), before and after RL, 2 CPU cores")
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
+    plot_training(name)
+
+
+def plot_training(name, window: int = 5):
+    """Redraw NAME_train.png from NAME_train.csv when there is one: per run, each task's
+    exploration success and return during training (means over ``window`` iterations; an
+    iteration holds ~10 episodes per task)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path = os.path.join(RESULTS, f"{name}_train.csv")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    runs = list(dict.fromkeys(r["algorithm"] for r in rows))
+    fig, axes = plt.subplots(len(runs), 2, figsize=(10, 3.2 * len(runs)), squeeze=False)
+    for (ax_s, ax_r), run in zip(axes, runs):
+        for task in dict.fromkeys(r["task"] for r in rows if r["algorithm"] == run):
+            mine = [r for r in rows if r["algorithm"] == run and r["task"] == task]
+            it = np.array([int(r["iteration"]) for r in mine])
+            for ax, key in ((ax_s, "explore_success"), (ax_r, "episode_return")):
+                y = np.convolve([float(r[key]) for r in mine], np.ones(window) / window, mode="valid")
+                ax.plot(it[window - 1 :], y, label=task.replace("-v1", ""))
+        ax_s.set_ylabel(f"exploration success\n(mean of {window} iterations)")
+        ax_r.set_ylabel("episode return (pirl)")
+        ax_s.set_title(run, fontsize=9)
+        for ax in (ax_s, ax_r):
+            ax.set_xlabel("iteration")
+            ax.grid(alpha=0.3)
+        ax_r.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, f"{name}_train.png"), dpi=110)
 
 
 def main():
