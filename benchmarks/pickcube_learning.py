@@ -128,14 +128,20 @@ def plot(name):
     fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
 
 
+def load_example(example: str) -> tuple[str, dict]:
+    """``(name, spec)`` of a tuned example: a file name in tuned_examples/ or a path."""
+    path = example if os.path.exists(example) else os.path.join(HERE, "..", "tuned_examples", example)
+    ((name, spec),) = load_experiments(path).items()
+    return name, spec
+
+
 def build_example_algo(example: str, seed: int | None = None, overrides: dict | None = None):
     """Start Ray on the 2 cores and build the algorithm of a tuned example (a file name
     in tuned_examples/ or a path), with its training ``seed`` and the config keys of
     ``overrides`` replaced when given; returns ``(spec, algo)``."""
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    path = example if os.path.exists(example) else os.path.join(HERE, "..", "tuned_examples", example)
-    ((name, spec),) = load_experiments(path).items()
+    name, spec = load_example(example)
     if seed is not None:
         spec["config"]["seed"] = seed
     spec["config"].update(overrides or {})
@@ -154,8 +160,7 @@ def save_progress(algo, folder: str, progress: dict) -> None:
 
 def drop_rows_from(name: str, label: str, iteration: int) -> None:
     """Remove the rows of run ``label`` at ``iteration`` or later from ``NAME.csv``: what a
-    continued run makes again (it restarts at its last save, which came before that
-    iteration's evaluation)."""
+    continued run makes again (it restarts at its last save)."""
     path = os.path.join(RESULTS, f"{name}.csv")
     if not os.path.exists(path):
         return
@@ -203,31 +208,35 @@ def main():
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_pickcube.yaml)")
+
+    def evaluates_at(it: int) -> bool:
+        return (it % args.eval_every == 0 and not (it == 0 and args.no_start_eval)) or it == args.iterations
+
     resumed = read_progress(args.checkpoint)
+    label = args.label or load_example(args.example)[1]["run"]
+    if resumed and resumed["label"] != label:  # before Ray and the simulators start
+        p.error(f"--checkpoint {args.checkpoint} holds the run {resumed['label']!r}, not {label!r}")
     # a continued run draws new simulator seeds and exploration noise (its weights, optimizer and
     # counters come from the save): rebuilt with the run's seed, it would replay its first episodes
     seed = resumed["seed"] + 1000 * resumed["iteration"] if resumed else args.seed
-    spec, algo = build_example_algo(args.example, seed, args.config)
-    label = args.label or spec["run"]
+    _, algo = build_example_algo(args.example, seed, args.config)
     start, rows, policy_steps, env_steps, explore, first = time.time(), [], 0, 0, None, 0
     train_seed = resumed["seed"] if resumed else algo.config.seed
     if resumed:
-        if resumed["label"] != label:
-            algo.stop()
-            p.error(f"--checkpoint {args.checkpoint} holds the run {resumed['label']!r}, not {label!r}")
         algo.restore_from_path(os.path.abspath(args.checkpoint))
         first, policy_steps, env_steps, explore = (
             resumed[k] for k in ("iteration", "policy_steps", "env_steps", "explore")
         )
         start -= resumed["wall_s"]
-        drop_rows_from(args.results, label, first)  # evaluation rows from the save's iteration on
+        # evaluation rows after the save (and at it, when the continued run evaluates there again)
+        drop_rows_from(args.results, label, first if evaluates_at(first) else first + 1)
         drop_rows_from(f"{args.results}_train", label, first + 1)  # training rows after the save
         print(f"resumed {label!r} at iteration {first} from {args.checkpoint}", flush=True)
     env = make_maniskill_env(dict(algo.config.env_config))
     chunk = algo.config.action_chunk
     try:
         for it in range(first, args.iterations + 1):
-            if (it % args.eval_every == 0 and not (it == 0 and args.no_start_eval)) or it == args.iterations:
+            if evaluates_at(it):
                 episodes = args.final_episodes if it in (0, args.iterations) else args.episodes
                 rows.append(evaluate_row(algo, env, episodes, label, it, policy_steps, env_steps, start, explore))
                 write(rows[-1:], args.results)

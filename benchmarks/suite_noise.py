@@ -19,18 +19,16 @@ episodes per task on the same seeds (100000…), success with 95% intervals.
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 import torch
+from pickcube_learning import load_example
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.spaces.space_utils import unsquash_action
 
 from rllib_pirl.evaluation import _batch_of_one, evaluate, evaluation_env_makers
-from rllib_pirl.experiments import load_experiments
 from rllib_pirl.rl_module import FlowRLModule
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 GROUPS = {"position": slice(0, 3), "rotation": slice(3, 6), "gripper": slice(6, 7)}
 MODULE_KEYS = ("num_denoise_steps", "action_chunk", "noise_level", "exploration_x0", "sde_steps", "exploration")
 
@@ -68,9 +66,7 @@ def task_success(model_config, env, episodes: int, levels: list[float]) -> list[
         module = FlowRLModule(
             observation_space=env.observation_space,
             action_space=env.action_space,
-            model_config=dict(
-                model_config, noise_level=level if level is not None else model_config.get("noise_level")
-            ),
+            model_config=model_config if level is None else dict(model_config, noise_level=level),
         )
         module.eval()
         res = evaluate(module, env, episodes, seed=100_000, explore=level is not None)
@@ -90,8 +86,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    path = args.example if os.path.exists(args.example) else os.path.join(HERE, "..", "tuned_examples", args.example)
-    ((_, spec),) = load_experiments(path).items()
+    _, spec = load_example(args.example)
     config = spec["config"]
     model_config = {k: config[k] for k in MODULE_KEYS if k in config}
     model_config["init_checkpoint"] = args.checkpoint or config["model_config"]["init_checkpoint"]
