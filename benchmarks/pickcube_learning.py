@@ -216,12 +216,11 @@ def main():
     label = args.label or load_example(args.example)[1]["run"]
     if resumed and resumed["label"] != label:  # before Ray and the simulators start
         p.error(f"--checkpoint {args.checkpoint} holds the run {resumed['label']!r}, not {label!r}")
-    # a continued run draws new simulator seeds and exploration noise (its weights, optimizer and
-    # counters come from the save): rebuilt with the run's seed, it would replay its first episodes
-    seed = resumed["seed"] + 1000 * resumed["iteration"] if resumed else args.seed
-    _, algo = build_example_algo(args.example, seed, args.config)
+    # a continued run is the run's config restored: its env runners then draw the seeds of the
+    # restored iteration, not the run's first episodes again (FlowPPO.restore_from_path)
+    _, algo = build_example_algo(args.example, resumed["seed"] if resumed else args.seed, args.config)
     start, rows, policy_steps, env_steps, explore, first = time.time(), [], 0, 0, None, 0
-    train_seed = resumed["seed"] if resumed else algo.config.seed
+    train_seed = algo.config.seed
     if resumed:
         algo.restore_from_path(os.path.abspath(args.checkpoint))
         first, policy_steps, env_steps, explore = (

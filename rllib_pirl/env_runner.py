@@ -10,13 +10,17 @@
   of the groups that are complete, with their advantages
   (:class:`~rllib_pirl.algorithms.grpo.GroupBuffer`); the others wait for the next call.
   PPO's training step samples until the runners stepped a train batch, so it then updates on
-  about a train batch of complete groups.
+  about a train batch of complete groups;
+- reset seeds that never repeat another runner's, another training seed's or an earlier part
+  of the run's episodes (:func:`reset_seeds`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.utils.annotations import override
+from ray.rllib.utils.debug import update_global_seed_if_necessary
 
 from rllib_pirl.envs.workers import RUNNER_SLOT
 
@@ -24,9 +28,23 @@ from rllib_pirl.envs.workers import RUNNER_SLOT
 GRPO_COUNTS = ("groups_completed", "groups_trained", "groups_filtered", "groups_unusable", "groups_abandoned")
 
 
+def reset_seeds(seed: int, runner: int, evaluation: bool, count: int, part: int = 0) -> list[int]:
+    """``count`` independent seeds of one env runner: ``SeedSequence([seed, runner, evaluation,
+    part]).generate_state(count)``, one per sub-env (the first reset; a sub-env's later resets
+    follow from it).
+
+    RLlib seeds a runner's vector env with ``seed + worker_index`` and gymnasium gives sub-env
+    i ``that + i``: runners r and r + 1 of a run, and the runs of training seeds s and s + 1,
+    then share all but one sub-env's stream of initial states. ``part`` is the iteration a run
+    was restored at (0 when it started): a run continued from its checkpoint draws new
+    episodes instead of replaying its first ones."""
+    state = np.random.SeedSequence([seed, runner, int(evaluation), part]).generate_state(count)
+    return [int(s) for s in state]
+
+
 class FlowEnvRunner(SingleAgentEnvRunner):
     """``SingleAgentEnvRunner`` that tells the env creator its slot among the sampling runners,
-    and samples GRPO's groups."""
+    samples GRPO's groups, and seeds its sub-envs with :func:`reset_seeds`."""
 
     _groups = None  # GroupBuffer with GRPO
 
@@ -55,6 +73,29 @@ class FlowEnvRunner(SingleAgentEnvRunner):
             # the replaced one is garbage-collected).
             self.env.env = GroupedResets(self.env.env, self.config.group_size, self.slot * self.num_envs)
             self._groups = GroupBuffer(self.config.group_size, self.config.grpo_success_filter)
+        self._seed = self._first_reset_seed(part=0)
+
+    def _first_reset_seed(self, part: int) -> list[int] | int | None:
+        """What RLlib's first ``reset`` of the vector env gets: a seed per sub-env; GRPO's
+        grouped resets draw every seed of their groups from one base."""
+        if self.config.seed is None:
+            return None
+        seeds = reset_seeds(self.config.seed, self.worker_index or 0, self.config.in_evaluation, self.num_envs, part)
+        return seeds[0] if self._groups is not None else seeds
+
+    def continue_seeds(self, part: int) -> None:
+        """After the algorithm was restored at iteration ``part``: a runner that has not
+        sampled yet (a new process, which RLlib seeds as at the run's start) takes the seeds of
+        that part for its sub-envs and its exploration noise (torch, numpy, random). A runner
+        that has sampled already (PBT reusing a trial's actors) goes on with its own streams."""
+        if self.config.seed is None or not self._needs_initial_reset:
+            return
+        self._seed = self._first_reset_seed(part)
+        # the word after the sub-envs' (generate_state's words do not depend on the count)
+        noise_seed = reset_seeds(
+            self.config.seed, self.worker_index or 0, self.config.in_evaluation, self.num_envs + 1, part
+        )[-1]
+        update_global_seed_if_necessary(self.config.framework_str, noise_seed)
 
     @override(SingleAgentEnvRunner)
     def sample(self, **kwargs):

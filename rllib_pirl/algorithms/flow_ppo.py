@@ -231,6 +231,17 @@ class FlowPPO(PPO):
         return super()._should_create_evaluation_env_runners(eval_config)
 
     @override(PPO)
+    def restore_from_path(self, path, *args, **kwargs) -> None:
+        """RLlib's restore; then the env runners that have not sampled yet (new processes,
+        seeded as at the run's start: ``rllib train --resume``, Tune's restarts and PBT's
+        exploits) draw the restored iteration's seeds (:meth:`FlowEnvRunner.continue_seeds`),
+        so that a continued run does not replay its first episodes and noise."""
+        super().restore_from_path(path, *args, **kwargs)
+        part = self.iteration
+        if part:
+            self.env_runner_group.foreach_env_runner(lambda runner: runner.continue_seeds(part))
+
+    @override(PPO)
     def training_step(self) -> None:
         steps = schedule_steps(self.metrics)
         level, std_range = self.config.module_settings().noise_at(steps)
