@@ -9,12 +9,16 @@ Each training iteration's per-task exploration success and return go to
 
     source .vulkan/env.sh
     python benchmarks/suite_learning.py --example flow_sde_suite.yaml --iterations 40
+
+``--config '{"noise_level": 0.2}'`` replaces config keys of the example; ``--no-before`` skips
+the first evaluation when another run of the same start made it (same seeds, same rows).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import time
 
@@ -157,6 +161,9 @@ def main():
     p.add_argument("--results", default="suite_learning", help="CSV/PNG name in benchmarks/results")
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--episodes", type=int, default=100, help="evaluation episodes per task")
+    p.add_argument(
+        "--config", type=json.loads, default={}, help="config keys replaced, as JSON: '{\"noise_level\": 0.2}'"
+    )
     p.add_argument("--save", help="write the final algorithm checkpoint to this folder")
     p.add_argument(
         "--no-before", action="store_true", help="skip the evaluation before training (e.g. another run made it)"
@@ -169,7 +176,7 @@ def main():
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_suite.yaml)")
-    spec, algo = build_example_algo(args.example)
+    spec, algo = build_example_algo(args.example, overrides=args.config)
     label = args.label or spec["run"]
     envs = [make() for make in evaluation_env_makers(spec["env"], dict(algo.config.env_config))]
     start, policy_steps = time.time(), 0
