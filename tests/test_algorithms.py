@@ -92,30 +92,35 @@ def test_first_update_has_ratio_one_then_the_policy_moves(ray_session, name, set
         algo.stop()
 
 
-SCHEDULES = {
-    "FlowSDE": ({"noise_level": [[0, 0.3], [256, 1.2]]}, "noise_level", [0.3, 0.75, 1.2, 1.2]),
+SCHEDULES = {  # the schedule; the reported key; its (env step, value) points
+    "FlowSDE": ({"noise_level": [[0, 0.3], [256, 1.2]]}, "noise_level", ([0, 256], [0.3, 1.2])),
     "FlowNoise": (
         {"noise_std_range": [[0, [0.08, 0.16]], [256, [0.02, 0.04]]]},
         "noise_std_min",
-        [0.08, 0.05, 0.02, 0.02],
+        ([0, 256], [0.08, 0.02]),
     ),
 }
 
 
 @pytest.mark.parametrize("name", ["FlowSDE", "FlowNoise"])
 def test_a_noise_schedule_moves_the_rollouts_noise_and_the_learner_follows(ray_session, name):
-    # 128 env steps per iteration: the schedule is at 0, 128, 256, 384 steps before each
-    # sampling round. With lr = 0 the learner's log-probs equal the rollouts' only if it
-    # uses the noise each rollout used (its own module never gets the schedule's values).
-    schedule, key, expected = SCHEDULES[name]
+    # ~128 env steps per iteration (more when episodes end within it): before each sampling
+    # round the schedule is at the env steps sampled so far (0, ~128, ~256, ~384), linear
+    # between its points and flat after the last. With lr = 0 the learner's log-probs equal
+    # the rollouts' only if it uses the noise each rollout used (its own module never gets
+    # the schedule's values).
+    schedule, key, (steps, values) = SCHEDULES[name]
     algo = tiny_config(CONFIGS[name], lr=0.0, value_lr=0.0, **schedule).build_algo()
     try:
-        seen = []
-        for _ in expected:
+        seen, expected, sampled = [], [], 0
+        for _ in range(4):
+            expected.append(float(np.interp(sampled, steps, values)))
             result = algo.train()
             seen.append(result["exploration"][key])
+            sampled = result["env_runners"]["num_env_steps_sampled_lifetime"]
             assert result["learners"]["default_policy"]["approx_kl"] < 1e-6
         assert seen == pytest.approx(expected)
+        assert min(values) < expected[1] < max(values) and expected[2] == expected[3] == values[-1]  # moving, then flat
         level, std_range = algo.env_runner.module.noise_level, algo.env_runner.module.noise_std_range
         assert (level if name == "FlowSDE" else std_range[0]) == pytest.approx(expected[-1])
     finally:
