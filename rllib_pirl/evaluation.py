@@ -51,14 +51,17 @@ def evaluation_env_makers(env, env_config: dict) -> list[Callable[[], gym.Env]]:
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96):
-    """95% Wilson score interval of a success rate."""
+    """95% Wilson score interval of a success rate p = successes / n:
+    ``(p + z²/2n ± z·sqrt(p(1 − p)/n + z²/4n²)) / (1 + z²/n)``. Its lower end is 0 at p = 0 and
+    its upper end 1 at p = 1 (exactly: the floating-point formula gives 0.9999999999999999,
+    below the rate itself)."""
     if n == 0:
         return (float("nan"), float("nan"))
     p = successes / n
     denom = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
-    return (centre - half, centre + half)
+    return (0.0 if successes == 0 else centre - half, 1.0 if successes == n else centre + half)
 
 
 @dataclass

@@ -65,3 +65,15 @@ def test_camera_episodes_reach_tensorboard_as_animated_images(ray_session, tmp_p
     images = EventAccumulator(events, size_guidance={"images": 0}).Reload().Images("evaluation/episode_0")
     assert len(images) == 1 and images[0].step == 1
     assert images[0].encoded_image_string[:4] == b"GIF8" and (images[0].height, images[0].width) == (32, 64)
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, 200, 400])
+def test_the_95_interval_holds_the_rate_and_stays_in_0_1(n):
+    """0 and n successes included: the plots draw rate − low and high − rate as error bars."""
+    from rllib_pirl.evaluation import wilson_interval
+
+    for wins in range(n + 1):
+        lo, hi = wilson_interval(wins, n)
+        assert 0.0 <= lo <= wins / n <= hi <= 1.0
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+    assert wilson_interval(40, 100) == pytest.approx((0.3094, 0.4980), abs=1e-4)  # the textbook value
