@@ -13,7 +13,9 @@ from rllib_pirl.envs.maniskill import (
     _state_dim_of,
     check_task,
     make_maniskill_env,
+    make_maniskill_task_makers,
     make_task_env,
+    max_state_dim,
 )
 
 pytest.importorskip("mani_skill", reason="ManiSkill is not installed: run scripts/setup_maniskill.sh")
@@ -115,6 +117,25 @@ def test_vector_env_keeps_terminal_observations_and_first_steps():
     finally:
         venv.close()
         single.close()
+
+
+def test_train_tasks_run_one_task_of_the_suite_under_its_suite_id_and_state_size():
+    """RL on PlaceSphere alone from the suite's checkpoint: the policy must see the task id and
+    padded state it was trained with in the suite; evaluation still covers every task."""
+    config = {"tasks": "suite", "train_tasks": ["PlaceSphere-v1"], "max_episode_steps": 10}
+    suite_id = SUITE.index("PlaceSphere-v1")
+    venv = make_maniskill_env(dict(config, num_envs=2))
+    try:
+        obs, _ = venv.reset(seed=0)
+        assert obs["task_id"].ravel().tolist() == [suite_id, suite_id]
+        assert obs["state"].shape[1] == max_state_dim(ManiSkillConfig.from_env_config({"tasks": "suite"}))
+        _, _, _, _, infos = venv.step(np.zeros(venv.action_space.shape, np.float32))
+        assert list(infos["task"]) == ["PlaceSphere-v1"] * 2
+    finally:
+        venv.close()
+    assert len(make_maniskill_task_makers(config)) == len(SUITE)
+    with pytest.raises(ValueError, match="train_tasks must be a non-empty list of tasks of env_config.tasks"):
+        ManiSkillConfig.from_env_config({"tasks": ["PickCube-v1"], "train_tasks": ["PlaceSphere-v1"]})
 
 
 def test_bad_input_is_reported_clearly(tmp_path):

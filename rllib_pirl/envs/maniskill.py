@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -90,6 +90,9 @@ class ManiSkillConfig:
     seed: int = 0
     backend: str = "auto"
     state_dim: int | None = None  # default: the largest state of the tasks
+    #: the tasks the sub-envs of a vector env run (default: all of ``tasks``); the others keep
+    #: their ids, instructions and share of the state size (e.g. RL on one task of the suite)
+    train_tasks: list[str] | None = None
 
     @classmethod
     def from_env_config(cls, env_config) -> ManiSkillConfig:
@@ -123,6 +126,22 @@ class ManiSkillConfig:
             )
         if self.instructions is not None and len(self.instructions) != len(self.tasks):
             raise ValueError(f"{len(self.instructions)} instructions for {len(self.tasks)} tasks.")
+        if isinstance(self.train_tasks, str):
+            self.train_tasks = [self.train_tasks]
+        if self.train_tasks is not None:
+            unknown = [t for t in self.train_tasks if t not in self.tasks]
+            if not self.train_tasks or unknown:
+                raise ValueError(
+                    f"env_config.train_tasks must be a non-empty list of tasks of env_config.tasks "
+                    f"({', '.join(self.tasks)}); got {self.train_tasks!r}."
+                )
+
+    def task_index_of_sub_env(self, index: int) -> int:
+        """The task (its index in ``tasks``, the task id) that sub-env ``index`` of a vector env
+        runs: ``train_tasks[index mod #train_tasks]``, or ``tasks[index mod #tasks]``."""
+        if self.train_tasks is None:
+            return index % len(self.tasks)
+        return self.tasks.index(self.train_tasks[index % len(self.train_tasks)])
 
     def instruction_list(self) -> list[str]:
         return list(self.instructions) if self.instructions else [TASK_INSTRUCTIONS.get(t, t) for t in self.tasks]
@@ -362,11 +381,11 @@ def max_state_dim(config: ManiSkillConfig) -> int:
 
 
 def make_task_env(config: ManiSkillConfig, index: int, render_mode: str | None = None) -> gym.Env:
-    """Sub-env ``index`` of a vector env: task ``index mod #tasks``, chunked."""
+    """Sub-env ``index`` of a vector env (see ``ManiSkillConfig.task_index_of_sub_env``), chunked."""
     import torch
 
     torch.set_num_threads(1)
-    env = ManiSkillTaskEnv(config, index % len(config.tasks), render_mode=render_mode)
+    env = ManiSkillTaskEnv(config, config.task_index_of_sub_env(index), render_mode=render_mode)
     return ActionChunkWrapper(env, config.action_chunk)
 
 
@@ -382,6 +401,7 @@ def make_maniskill_task_makers(env_config) -> list:
     """One maker of a chunked single env per task of ``env_config`` (for per-task
     evaluation of a suite): each keeps its task id and the suite's padded state size."""
     config = _config_with_state_dim(env_config)
+    config = replace(config, train_tasks=None)  # every task, also those not trained
     return [functools.partial(make_task_env, config, i) for i in range(len(config.tasks))]
 
 
