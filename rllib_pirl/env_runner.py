@@ -73,15 +73,17 @@ class FlowEnvRunner(SingleAgentEnvRunner):
             # the replaced one is garbage-collected).
             self.env.env = GroupedResets(self.env.env, self.config.group_size, self.slot * self.num_envs)
             self._groups = GroupBuffer(self.config.group_size, self.config.grpo_success_filter)
-        self._seed = self._first_reset_seed(part=0)
+        if self.config.seed is not None:
+            self._seed = self._seeds(part=0)[0]
 
-    def _first_reset_seed(self, part: int) -> list[int] | int | None:
-        """What RLlib's first ``reset`` of the vector env gets: a seed per sub-env; GRPO's
-        grouped resets draw every seed of their groups from one base."""
-        if self.config.seed is None:
-            return None
-        seeds = reset_seeds(self.config.seed, self.worker_index or 0, self.config.in_evaluation, self.num_envs, part)
-        return seeds[0] if self._groups is not None else seeds
+    def _seeds(self, part: int) -> tuple[list[int] | int, int]:
+        """``(what RLlib's first reset of the vector env gets, the exploration noise's seed)``
+        of ``part``: a seed per sub-env (GRPO's grouped resets draw all their groups' seeds from
+        one base), and the word after them (``generate_state``'s words do not depend on the count)."""
+        words = reset_seeds(
+            self.config.seed, self.worker_index or 0, self.config.in_evaluation, self.num_envs + 1, part
+        )
+        return (words[0] if self._groups is not None else words[:-1]), words[-1]
 
     def continue_seeds(self, part: int) -> None:
         """After the algorithm was restored at iteration ``part``: a runner that has not
@@ -90,11 +92,7 @@ class FlowEnvRunner(SingleAgentEnvRunner):
         that has sampled already (PBT reusing a trial's actors) goes on with its own streams."""
         if self.config.seed is None or not self._needs_initial_reset:
             return
-        self._seed = self._first_reset_seed(part)
-        # the word after the sub-envs' (generate_state's words do not depend on the count)
-        noise_seed = reset_seeds(
-            self.config.seed, self.worker_index or 0, self.config.in_evaluation, self.num_envs + 1, part
-        )[-1]
+        self._seed, noise_seed = self._seeds(part)
         update_global_seed_if_necessary(self.config.framework_str, noise_seed)
 
     @override(SingleAgentEnvRunner)
