@@ -28,6 +28,7 @@ X0_CHOICES = ("zeros", "noise")
 SDE_STEPS = ("one", "all")
 PREFIX_CACHES = ("device", "cpu", "off")
 ADVANTAGE_ESTIMATORS = ("gae", "grpo")
+ADVANTAGE_NORMALIZATIONS = ("batch", "task")
 DTYPES = ("float32", "bfloat16")  # model_kwargs.dtype of π0 / π0.5
 
 
@@ -185,12 +186,24 @@ class FlowLearnerSettings:
     #: GRPO: [lo, hi] keeps only groups whose share of successful episodes is in the band (the
     #: paper's [0.1, 0.9]); None keeps all
     grpo_success_filter: tuple[float, float] | None = None
+    #: GAE's advantages standardised over the whole train batch ("batch", PPO's) or within each
+    #: task_id of it ("task": every task of a multi-task batch weighs the same in the update)
+    advantage_normalization: str = "batch"
 
     def errors(self) -> list[str]:
         errors = []
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             errors.append(
                 f"advantage_estimator must be one of {ADVANTAGE_ESTIMATORS}, got {self.advantage_estimator!r}."
+            )
+        if self.advantage_normalization not in ADVANTAGE_NORMALIZATIONS:
+            errors.append(
+                f"advantage_normalization must be one of {ADVANTAGE_NORMALIZATIONS}, got {self.advantage_normalization!r}."
+            )
+        elif self.advantage_normalization == "task" and self.advantage_estimator == "grpo":
+            errors.append(
+                "advantage_normalization: task applies to GAE's advantages; GRPO's are standardised within "
+                "each group (one task) already: leave advantage_normalization at batch."
             )
         if not _is_int(self.group_size, 2):
             errors.append(f"group_size must be an integer >= 2 (episodes per GRPO group), got {self.group_size!r}.")

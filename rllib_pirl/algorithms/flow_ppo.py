@@ -148,6 +148,11 @@ class FlowPPOConfig(PPOConfig):
                 "set one of them (the env gets `action_chunk` from the config when "
                 "env_config has none)."
             )
+        if self.advantage_normalization == "task" and entry is not None and entry.instructions is None:
+            self._value_error(
+                f"advantage_normalization: task standardises the advantages of each task_id, and env {self.env!r} "
+                "has no task ids in its observations (multi-task envs: ManiSkill, LIBERO): use advantage_normalization: batch."
+            )
         if self.advantage_estimator == "grpo" and not self._is_frozen:
             self._validate_grpo(entry)
 

@@ -22,6 +22,7 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import explained_variance
 
 from rllib_pirl.algorithms.grpo import GroupAdvantages
+from rllib_pirl.algorithms.task_advantages import TaskAdvantages
 from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD, FlowRLModule, num_rows, rows_of
 
 CLIP_FRACTION_KEY = "clip_fraction"
@@ -82,7 +83,8 @@ class AddOldValues(ConnectorV2):
 class FlowPPOTorchLearner(PPOTorchLearner):
     """Loss = −surrogate + c_v·value loss − c_e·entropy (log-probs in fp32); with
     ``advantage_estimator: grpo`` the advantages are GRPO's (:mod:`.grpo`) and there is no
-    value loss.
+    value loss; with ``advantage_normalization: task`` GAE's advantages are standardised per
+    task (:mod:`.task_advantages`).
 
     The actor (everything but the value head) uses ``lr``; the value head ``value_lr``.
     """
@@ -95,6 +97,8 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                 GeneralAdvantageEstimation,
                 AddOldValues(chunk_size=self.config.value_chunk_size, prefix_cache=self.config.prefix_cache),
             )
+            if self.config.advantage_normalization == "task":
+                self._learner_connector.insert_after(GeneralAdvantageEstimation, TaskAdvantages())
             if self.config.advantage_estimator == "grpo":
                 # Each episode's group advantage in place of GAE, which needed the extra
                 # bootstrap step that AddOneTsToEpisodesAndTruncate appends.
