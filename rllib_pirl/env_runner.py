@@ -11,8 +11,8 @@
   (:class:`~rllib_pirl.algorithms.grpo.GroupBuffer`); the others wait for the next call.
   PPO's training step samples until the runners stepped a train batch, so it then updates on
   about a train batch of complete groups;
-- reset seeds that never repeat another runner's, another training seed's or an earlier part
-  of the run's episodes (:func:`reset_seeds`).
+- reset seeds that never repeat another runner's, another training seed's, an earlier part of
+  the run's or an env's that RLlib rebuilt or restarted episodes (:func:`reset_seeds`).
 """
 
 from __future__ import annotations
@@ -28,18 +28,20 @@ from rllib_pirl.envs.workers import RUNNER_SLOT
 GRPO_COUNTS = ("groups_completed", "groups_trained", "groups_filtered", "groups_unusable", "groups_abandoned")
 
 
-def reset_seeds(seed: int, runner: int, evaluation: bool, count: int, part: int = 0) -> list[int]:
+def reset_seeds(seed: int, runner: int, evaluation: bool, count: int, part: int = 0, rebuild: int = 0) -> list[int]:
     """``count`` independent seeds of one env runner: ``SeedSequence([seed, runner, evaluation,
-    part]).generate_state(count)``, one per sub-env (the first reset; a sub-env's later resets
-    follow from it).
+    part] + ([rebuild] if rebuild else [])).generate_state(count)``, one per sub-env (the first
+    reset; a sub-env's later resets follow from it).
 
     RLlib seeds a runner's vector env with ``seed + worker_index`` and gymnasium gives sub-env
     i ``that + i``: runners r and r + 1 of a run, and the runs of training seeds s and s + 1,
     then share all but one sub-env's stream of initial states. ``part`` is the iteration a run
     was restored at (0 when it started): a run continued from its checkpoint draws new
-    episodes instead of replaying its first ones."""
-    state = np.random.SeedSequence([seed, runner, int(evaluation), part]).generate_state(count)
-    return [int(s) for s in state]
+    episodes instead of replaying its first ones. ``rebuild`` numbers the runner's later envs
+    within a part (RLlib rebuilds a runner's vector env after a failed step, and restarts a
+    failed runner process, and reseeds the new one with the runner's first seeds)."""
+    entropy = [seed, runner, int(evaluation), part] + ([rebuild] if rebuild else [])
+    return [int(s) for s in np.random.SeedSequence(entropy).generate_state(count)]
 
 
 class FlowEnvRunner(SingleAgentEnvRunner):
@@ -47,6 +49,9 @@ class FlowEnvRunner(SingleAgentEnvRunner):
     samples GRPO's groups, and seeds its sub-envs with :func:`reset_seeds`."""
 
     _groups = None  # GroupBuffer with GRPO
+    _part = 0  # the iteration the run was restored at (continue_seeds)
+    _restarts = 0  # restarts of this runner's process before this one (continue_seeds)
+    _builds = 0  # make_env calls in this process (RLlib rebuilds the env after a failed step)
 
     @property
     def slot(self) -> int:
@@ -73,26 +78,31 @@ class FlowEnvRunner(SingleAgentEnvRunner):
             # the replaced one is garbage-collected).
             self.env.env = GroupedResets(self.env.env, self.config.group_size, self.slot * self.num_envs)
             self._groups = GroupBuffer(self.config.group_size, self.config.grpo_success_filter)
+        self._builds += 1
         if self.config.seed is not None:
-            self._seed = self._seeds(part=0)[0]
+            self._seed = self._seeds()[0]
 
-    def _seeds(self, part: int) -> tuple[list[int] | int, int]:
-        """``(what RLlib's first reset of the vector env gets, the exploration noise's seed)``
-        of ``part``: a seed per sub-env (GRPO's grouped resets draw all their groups' seeds from
-        one base), and the word after them (``generate_state``'s words do not depend on the count)."""
+    def _seeds(self) -> tuple[list[int] | int, int]:
+        """``(what RLlib's next seeded reset of the vector env gets, the exploration noise's
+        seed)`` of this part, process restart and env build: a seed per sub-env (GRPO's grouped
+        resets draw all their groups' seeds from one base), and the word after them
+        (``generate_state``'s words do not depend on the count)."""
+        rebuild = (self._restarts << 16) + self._builds - 1
         words = reset_seeds(
-            self.config.seed, self.worker_index or 0, self.config.in_evaluation, self.num_envs + 1, part
+            self.config.seed, self.worker_index or 0, self.config.in_evaluation, self.num_envs + 1, self._part, rebuild
         )
         return (words[0] if self._groups is not None else words[:-1]), words[-1]
 
-    def continue_seeds(self, part: int) -> None:
-        """After the algorithm was restored at iteration ``part``: a runner that has not
-        sampled yet (a new process, which RLlib seeds as at the run's start) takes the seeds of
-        that part for its sub-envs and its exploration noise (torch, numpy, random). A runner
-        that has sampled already (PBT reusing a trial's actors) goes on with its own streams."""
+    def continue_seeds(self, part: int, restarts: int = 0) -> None:
+        """A runner that has not sampled yet (a new process, which RLlib seeds as at the run's
+        start) takes the seeds for its sub-envs and its exploration noise (torch, numpy, random)
+        of ``part`` — the iteration the algorithm was restored at, or had reached when it
+        restarted this runner's failed process for the ``restarts``-th time. A runner that has
+        sampled already (PBT reusing a trial's actors) goes on with its own streams."""
         if self.config.seed is None or not self._needs_initial_reset:
             return
-        self._seed, noise_seed = self._seeds(part)
+        self._part, self._restarts = part, restarts
+        self._seed, noise_seed = self._seeds()
         update_global_seed_if_necessary(self.config.framework_str, noise_seed)
 
     @override(SingleAgentEnvRunner)
