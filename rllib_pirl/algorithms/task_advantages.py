@@ -6,7 +6,9 @@ sets σ and takes most of the update, while a task the critic values badly gets 
 sign for all its actions. Standardising within each task's rows gives every task of the batch
 zero-mean, unit-scale advantages: each task's update pushes towards its better-than-usual
 actions with the same weight, whatever its success rate. The task of a row is its observation's
-``task_id`` (ManiSkill's suite, LIBERO).
+``task_id`` (ManiSkill's suite, LIBERO). The flip side: a task whose episodes all succeed or all
+fail has advantages that are almost only the critic's error, which this lifts to full weight — on
+the ManiSkill suite it made RL worse than the batch-wide standardisation (BENCHMARKS.md).
 """
 
 from __future__ import annotations
