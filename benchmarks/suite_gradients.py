@@ -23,6 +23,7 @@ import json
 
 import numpy as np
 import torch
+import tree
 from pickcube_learning import build_example_algo
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
@@ -32,10 +33,9 @@ from rllib_pirl.rl_module import LOGP
 
 
 def rows_of_batch(batch, rows: torch.Tensor):
-    """The batch's entries (nested dicts of tensors) at ``rows``."""
-    if isinstance(batch, dict):
-        return {key: rows_of_batch(value, rows) for key, value in batch.items()}
-    return batch[rows] if torch.is_tensor(batch) and batch.dim() > 0 else batch
+    """The batch's tensors (nested dicts included) at ``rows``, as ``rllib_pirl.rl_module.rows_of``
+    takes a slice; other entries as they are."""
+    return tree.map_structure(lambda x: x[rows] if torch.is_tensor(x) and x.dim() > 0 else x, batch)
 
 
 def surrogate_gradient(learner, module, batch, rows: torch.Tensor) -> torch.Tensor:

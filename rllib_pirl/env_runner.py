@@ -50,7 +50,7 @@ class FlowEnvRunner(SingleAgentEnvRunner):
 
     _groups = None  # GroupBuffer with GRPO
     _part = 0  # the iteration the run was restored at (continue_seeds)
-    _restarts = 0  # restarts of this runner's process before this one (continue_seeds)
+    _restarts = 0  # the run's count of restored env runners when this process was restored (0: not a restart)
     _builds = 0  # make_env calls in this process (RLlib rebuilds the env after a failed step)
 
     @property
@@ -97,7 +97,8 @@ class FlowEnvRunner(SingleAgentEnvRunner):
         """A runner that has not sampled yet (a new process, which RLlib seeds as at the run's
         start) takes the seeds for its sub-envs and its exploration noise (torch, numpy, random)
         of ``part`` — the iteration the algorithm was restored at, or had reached when it
-        restarted this runner's failed process for the ``restarts``-th time. A runner that has
+        restarted this runner's failed process (``restarts``: the run's count of restored
+        runners then, different for every restart). A runner that has
         sampled already (PBT reusing a trial's actors) goes on with its own streams."""
         if self.config.seed is None or not self._needs_initial_reset:
             return

@@ -133,3 +133,25 @@ def learner_states(algo):
         }
     )
     return [r.get() for r in results.result_or_errors]
+
+
+def register_raising_point_reach(name: str, flag) -> None:
+    """Register env ``name`` with Ray Tune: chunked PointReach (50-step limit) whose step
+    raises once each time the file ``flag`` exists (and removes it) — for envs that RLlib
+    rebuilds in its env runner (``restart_failed_sub_environments``)."""
+    import gymnasium as gym
+    from ray.tune.registry import register_env
+
+    from rllib_pirl.envs import ActionChunkWrapper
+    from rllib_pirl.envs.point_reach import PointReachEnv
+
+    class RaisingPointReach(PointReachEnv):
+        def step(self, action):
+            if os.path.exists(flag):
+                os.remove(flag)
+                raise RuntimeError("the simulator broke")
+            return super().step(action)
+
+    register_env(
+        name, lambda config: ActionChunkWrapper(gym.wrappers.TimeLimit(RaisingPointReach(), 50), config["action_chunk"])
+    )

@@ -124,27 +124,12 @@ def test_a_run_survives_a_killed_maniskill_simulator_with_the_env_runner_local(r
 
 def test_an_in_process_env_that_raises_is_recreated_by_rllib(ray_session, tmp_path):
     # envs without worker processes (PointReach, ChunkedGym): RLlib's restart_failed_sub_environments
-    from conftest import tiny_config
-    from ray.tune.registry import register_env
+    from conftest import register_raising_point_reach, tiny_config
 
     from rllib_pirl import FlowSDEConfig
-    from rllib_pirl.envs import ActionChunkWrapper
-    from rllib_pirl.envs.point_reach import PointReachEnv
 
     flag = tmp_path / "flag"
-
-    class RaisingPointReach(PointReachEnv):
-        def step(self, action):
-            if os.path.exists(flag):
-                os.remove(flag)
-                raise RuntimeError("the simulator broke")
-            return super().step(action)
-
-    def make(config):
-        config = dict(config)
-        return ActionChunkWrapper(gym.wrappers.TimeLimit(RaisingPointReach(), 50), config.pop("action_chunk"))
-
-    register_env("RaisingPointReach", make)
+    register_raising_point_reach("RaisingPointReach", flag)
     config = (
         tiny_config(FlowSDEConfig)
         .environment("RaisingPointReach")

@@ -79,26 +79,12 @@ def test_a_restored_run_draws_new_episodes_instead_of_replaying_its_first(ray_se
 def test_an_env_rllib_rebuilds_after_a_failed_step_draws_new_episodes(ray_session, tmp_path):
     """``restart_failed_sub_environments``: RLlib rebuilds the runner's vector env after a
     failed step and resets it with the runner's seeds, which were its first episodes' seeds."""
-    import gymnasium as gym
-    from ray.tune.registry import register_env
+    from conftest import register_raising_point_reach
 
     from rllib_pirl.algorithms import FlowSDEConfig
-    from rllib_pirl.envs import ActionChunkWrapper
-    from rllib_pirl.envs.point_reach import PointReachEnv
 
     flag = tmp_path / "flag"
-
-    class RaisingPointReach(PointReachEnv):
-        def step(self, action):
-            if flag.exists():
-                flag.unlink()
-                raise RuntimeError("the simulator broke")
-            return super().step(action)
-
-    def make(config):
-        return ActionChunkWrapper(gym.wrappers.TimeLimit(RaisingPointReach(), 50), config["action_chunk"])
-
-    register_env("RaisingPointReachSeeds", make)
+    register_raising_point_reach("RaisingPointReachSeeds", flag)
     algo = (
         tiny_config(FlowSDEConfig)
         .environment("RaisingPointReachSeeds")

@@ -249,17 +249,14 @@ class FlowPPO(PPO):
     @override(PPO)
     def restore_env_runners(self, env_runner_group) -> list[int]:
         """RLlib's: restarted processes of failed env runners are synced; then each takes the
-        seeds of its restart (:meth:`FlowEnvRunner.continue_seeds`) instead of replaying the
+        seeds of its restart (:meth:`FlowEnvRunner.continue_seeds`: this iteration and RLlib's
+        count of restored runners, which grows with every restart) instead of replaying the
         run's first episodes, as RLlib's seeding of its new process would."""
         restored = super().restore_env_runners(env_runner_group)
-        counts = self.__dict__.setdefault("_env_runner_restarts", {})  # per (group, runner index)
-        for index in restored:
-            counts[id(env_runner_group), index] = restarts = counts.get((id(env_runner_group), index), 0) + 1
-            part = self.iteration
+        if restored:
+            part, restarts = self.iteration, self._counters["total_num_restored_workers"]
             env_runner_group.foreach_env_runner(
-                lambda runner, part=part, restarts=restarts: runner.continue_seeds(part, restarts),
-                remote_worker_ids=[index],
-                local_env_runner=False,
+                lambda runner: runner.continue_seeds(part, restarts), remote_worker_ids=restored, local_env_runner=False
             )
         return restored
 
