@@ -76,6 +76,43 @@ def test_chunk_execution_sums_rewards_and_stops_at_truncation():
         single.close()
 
 
+@pytest.mark.parametrize("obs_mode", ["rgb", "state"])
+def test_a_chunk_is_observed_once_and_equals_stepping_with_every_observation(obs_mode):
+    """The inner steps of a chunk make no observation (a camera env renders once per chunk);
+    observations, rewards, dones and infos equal those of an env observed at every step."""
+    config = {"task": "PickCube-v1", "obs_mode": obs_mode, "camera_size": 16, "max_episode_steps": 7}
+    env = make_maniskill_env({**config, "action_chunk": 3})
+    single = make_task_env(ManiSkillConfig.from_env_config({**config, "action_chunk": 1}), 0).env
+    inner = env.unwrapped.env.unwrapped  # the ManiSkill env under the chunked one
+    captures = []
+    capture = inner.capture_sensor_data
+    inner.capture_sensor_data = lambda *a, **k: (captures.append(1), capture(*a, **k))[1]
+    try:
+        obs, _ = env.reset(seed=5)
+        expected_obs, _ = single.reset(seed=5)
+        captures.clear()
+        rng = np.random.default_rng(1)
+        for n_steps in (3, 3, 1):  # 7 steps: the last chunk stops at truncation
+            chunk = rng.uniform(-1, 1, (3, 4)).astype(np.float32)
+            obs, reward, terminated, truncated, info = env.step(chunk)
+            expected = 0.0
+            for a in chunk[:n_steps]:
+                expected_obs, r, expected_term, expected_trunc, expected_info = single.step(a)
+                expected += r
+            assert info["chunk_steps"] == n_steps
+            assert reward == pytest.approx(expected, abs=1e-6)
+            assert (terminated, truncated) == (expected_term, expected_trunc)
+            assert {k: info[k] for k in expected_info} == expected_info
+            assert obs.keys() == expected_obs.keys()
+            for key in obs:
+                np.testing.assert_array_equal(obs[key], expected_obs[key], err_msg=key)
+        assert truncated
+        assert len(captures) == (3 if obs_mode == "rgb" else 0)  # once per chunk, not per step
+    finally:
+        env.close()
+        single.close()
+
+
 def test_pirl_reward_pays_increments_and_success_ends_the_episode():
     env = make_task_env(ManiSkillConfig(tasks=["PickCube-v1"]), 0).env  # unchunked task env
     try:

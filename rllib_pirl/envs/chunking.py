@@ -12,6 +12,10 @@ class ActionChunkWrapper(gym.Wrapper):
     Rewards are summed, terminated/truncated are OR-ed and execution stops at the
     first done. ``info`` is the last step's, with ``chunk_steps`` (steps executed)
     and ``success`` OR-ed over the chunk when the env reports it.
+
+    An env with an ``observe()`` method (:class:`~rllib_pirl.envs.maniskill.ManiSkillTaskEnv`)
+    steps with ``observe=False`` and is observed once, after the chunk's last step: only that
+    observation is returned, and a camera env then renders once per chunk, not per step.
     """
 
     def __init__(self, env: gym.Env, chunk: int):
@@ -35,13 +39,19 @@ class ActionChunkWrapper(gym.Wrapper):
         action = np.asarray(action)
         if action.shape != self.action_space.shape:
             raise ValueError(f"Expected an action chunk of shape {self.action_space.shape}, got {action.shape}.")
+        observe = getattr(self.env, "observe", None)
         total, success = 0.0, False
         for i in range(self.chunk):
-            obs, reward, terminated, truncated, info = self.env.step(action[i])
+            if observe is None:
+                obs, reward, terminated, truncated, info = self.env.step(action[i])
+            else:
+                _, reward, terminated, truncated, info = self.env.step(action[i], observe=False)
             total += float(reward)
             success = success or bool(info.get("success", False))
             if terminated or truncated:
                 break
+        if observe is not None:
+            obs = observe()
         info = dict(info, chunk_steps=i + 1)
         if "success" in info:
             info["success"] = success

@@ -338,18 +338,42 @@ class ManiSkillTaskEnv(gym.Env):
         state = base.get_state_dict()
         base.scene.step()
         base.set_state_dict(state)
-        info = base.get_info()
-        return common.unbatch(common.to_numpy(base.get_obs(info)), common.to_numpy(info))
+        return self._raw_observation()
 
-    def step(self, action):
-        raw, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
+    def step(self, action, observe: bool = True):
+        """One env step. With ``observe=False`` the step makes no observation and returns
+        ``None`` for it (:meth:`observe` makes it later): ManiSkill renders the cameras for
+        every observation — ~97% of a camera env's step time here — while the inner steps of
+        an action chunk are seen by nobody (:class:`ActionChunkWrapper`). Rewards, success
+        and info are the same either way."""
+        base = self.env.unwrapped
+        mode = base._obs_mode
+        if not observe:  # the state dict: no sensor capture, and still what rewards may read
+            base._obs_mode = "state_dict"
+        try:
+            raw, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
+        finally:
+            base._obs_mode = mode
         success = bool(info.get("success", False))
         if self.config.reward_mode == "pirl":  # increments of the potential
             potential = self._pirl_potential(info)
             reward, self._potential = potential - self._potential, potential
         elif self.config.reward_mode == "sparse":
             reward = float(success)
-        return self.obs_format(raw), float(reward), bool(terminated) or success, bool(truncated), self._info(success)
+        obs = self.obs_format(raw) if observe else None
+        return obs, float(reward), bool(terminated) or success, bool(truncated), self._info(success)
+
+    def observe(self) -> dict[str, np.ndarray]:
+        """The observation of the current state, as ``step`` returns it."""
+        return self.obs_format(self._raw_observation()[0])
+
+    def _raw_observation(self):
+        """ManiSkill's observation and info of the current state, unbatched numpy."""
+        from mani_skill.utils import common
+
+        base = self.env.unwrapped
+        info = base.get_info()
+        return common.unbatch(common.to_numpy(base.get_obs(info)), common.to_numpy(info))
 
     def render(self):
         return self.env.render()
