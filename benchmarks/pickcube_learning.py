@@ -25,6 +25,7 @@ import json
 import os
 import time
 
+import numpy as np
 import ray
 import torch
 
@@ -103,7 +104,9 @@ def write(rows, name, fields=FIELDS):
 
 
 def plot(name):
-    """Redraw NAME.png from NAME.csv (success vs env steps, 95% intervals)."""
+    """Redraw NAME.png from NAME.csv (success vs env steps, 95% intervals) and, when the run
+    saved its training rows (NAME_train.csv), beside it the exploration success per iteration
+    (mean of 10 iterations)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,19 +114,39 @@ def plot(name):
 
     with open(os.path.join(RESULTS, f"{name}.csv")) as f:
         rows = list(csv.DictReader(f))
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    train_path = os.path.join(RESULTS, f"{name}_train.csv")
+    train = list(csv.DictReader(open(train_path))) if os.path.exists(train_path) else []
+    fig, axes = plt.subplots(1, 2 if train else 1, figsize=(11 if train else 6.5, 4), squeeze=False)
+    labels = sorted({r["algorithm"] for r in rows + train})
+    color = {algo: f"C{i % 10}" for i, algo in enumerate(labels)}  # a run keeps its colour in both panels
+    ax = axes[0][0]
     for algo in sorted({r["algorithm"] for r in rows}):
         r = [x for x in rows if x["algorithm"] == algo]
         steps = [int(x["env_steps"]) / 1000 for x in r]
-        ax.plot(steps, [float(x["success"]) for x in r], marker="o", label=algo)
-        ax.fill_between(steps, [float(x["success_lo"]) for x in r], [float(x["success_hi"]) for x in r], alpha=0.2)
+        ax.plot(steps, [float(x["success"]) for x in r], marker="o", label=algo, color=color[algo])
+        lo, hi = ([float(x[k]) for x in r] for k in ("success_lo", "success_hi"))
+        ax.fill_between(steps, lo, hi, alpha=0.2, color=color[algo])
     ax.axhline(0.85, color="gray", linestyle="--", linewidth=1, label="target 0.85")
     ax.set_xlabel("env steps, thousands (≤ 5 × policy steps)")
     ax.set_ylabel("success rate (deterministic policy)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("ManiSkill PickCube-v1 (state), RL from the SFT checkpoint, 2 CPU cores", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.set_title("ManiSkill PickCube-v1, RL from the SFT checkpoint, 2 CPU cores", fontsize=10)
+    if train:
+        ax = axes[0][1]
+        for algo in sorted({r["algorithm"] for r in train}):
+            its = [int(x["iteration"]) for x in train if x["algorithm"] == algo]
+            success = np.array([float(x["explore_success"]) for x in train if x["algorithm"] == algo])
+            window = min(10, len(success))
+            mean = np.convolve(np.nan_to_num(success), np.ones(window) / window, mode="valid")
+            ax.plot(its[window - 1 :], mean, label=algo, color=color[algo])
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("exploration success (mean of 10 iterations)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("the stochastic policy while training", fontsize=10)
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
 
