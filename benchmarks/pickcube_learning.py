@@ -115,7 +115,10 @@ def plot(name):
     with open(os.path.join(RESULTS, f"{name}.csv")) as f:
         rows = list(csv.DictReader(f))
     train_path = os.path.join(RESULTS, f"{name}_train.csv")
-    train = list(csv.DictReader(open(train_path))) if os.path.exists(train_path) else []
+    train = []
+    if os.path.exists(train_path):
+        with open(train_path) as f:
+            train = list(csv.DictReader(f))
     fig, axes = plt.subplots(1, 2 if train else 1, figsize=(11 if train else 6.5, 4), squeeze=False)
     labels = sorted({r["algorithm"] for r in rows + train})
     color = {algo: f"C{i % 10}" for i, algo in enumerate(labels)}  # a run keeps its colour in both panels
@@ -127,12 +130,12 @@ def plot(name):
         lo, hi = ([float(x[k]) for x in r] for k in ("success_lo", "success_hi"))
         ax.fill_between(steps, lo, hi, alpha=0.2, color=color[algo])
     ax.axhline(0.85, color="gray", linestyle="--", linewidth=1, label="target 0.85")
-    ax.set_xlabel("env steps, thousands (≤ 5 × policy steps)")
-    ax.set_ylabel("success rate (deterministic policy)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("ManiSkill PickCube-v1, RL from the SFT checkpoint, 2 CPU cores", fontsize=10)
+    _label_axes(
+        ax,
+        "env steps, thousands (≤ 5 × policy steps)",
+        "success rate (deterministic policy)",
+        "ManiSkill PickCube-v1, RL from the SFT checkpoint, 2 CPU cores",
+    )
     if train:
         ax = axes[0][1]
         for algo in sorted({r["algorithm"] for r in train}):
@@ -141,14 +144,21 @@ def plot(name):
             window = min(10, len(success))
             mean = np.convolve(np.nan_to_num(success), np.ones(window) / window, mode="valid")
             ax.plot(its[window - 1 :], mean, label=algo, color=color[algo])
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("exploration success (mean of 10 iterations)")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        ax.set_title("the stochastic policy while training", fontsize=10)
+        _label_axes(
+            ax, "iteration", "exploration success (mean of 10 iterations)", "the stochastic policy while training"
+        )
     fig.tight_layout()
     fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
+
+
+def _label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, a 0–1 success axis, grid, legend and title of one panel of :func:`plot`."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
 
 
 def load_example(example: str) -> tuple[str, dict]:
