@@ -278,7 +278,7 @@ def main():
                 policy_steps = int(runners["num_env_steps_sampled_lifetime"])
                 env_steps = policy_steps * chunk  # upper bound: the last chunk of an episode may stop early
                 explore = round(float(runners.get("success_rate", float("nan"))), 3)
-                learner = result["learners"]["default_policy"]
+                learner = result.get("learners", {}).get("default_policy", {})  # none: GRPO kept no group yet
                 groups = runners.get("grpo") or {}  # GRPO: groups trained on / dropped by the filter
                 train = {
                     "algorithm": label,

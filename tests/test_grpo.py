@@ -7,8 +7,10 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import torch
 from conftest import REPO
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from rllib_pirl.algorithms import FlowNoiseConfig, FlowSDEConfig
 from rllib_pirl.algorithms.grpo import ADVANTAGE, EPSILON, GroupBuffer, group_advantages
@@ -188,6 +190,28 @@ def test_libero_worker_envs_reset_in_groups():
     makers = [lambda: make_task_env(LiberoConfig.from_env_config(env_config), 0)]
     assert_groups_start_from_their_seeds(starts, makers)
     assert_groups_start_from_their_seeds(starts, makers, key="image")
+
+
+def test_a_round_whose_groups_are_all_filtered_is_counted_and_trains_nothing(ray_session):
+    """A sampling round may finish no group that the success filter keeps (a policy that fails,
+    or solves, every episode of its groups): the iteration trains nothing, and its env steps,
+    episodes and group counts are still in the results — the lifetime counters that the
+    schedules and stop criteria read (RLlib's PPO step returned before recording them)."""
+    # G = 4: a group's success rate is 0, 1/4, 1/2, 3/4 or 1, never in [0.3, 0.4]
+    algo = grpo_point_reach(grpo_success_filter=[0.3, 0.4]).build_algo()
+    try:
+        before = {k: v.clone() for k, v in algo.get_module().state_dict().items()}
+        lifetime, filtered = [], 0
+        for _ in range(2):
+            runners = algo.train()["env_runners"]
+            lifetime.append(runners[NUM_ENV_STEPS_SAMPLED_LIFETIME])
+            assert runners["grpo"]["groups_trained"] == 0
+            filtered += runners["grpo"]["groups_filtered"]
+        assert lifetime[0] >= 128 and lifetime[1] >= lifetime[0] + 128 and filtered > 0
+        after = algo.get_module().state_dict()
+        assert all(torch.equal(v, after[k]) for k, v in before.items())
+    finally:
+        algo.stop()
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,21 @@ import secrets
 from typing import Any
 
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
+from ray.rllib.core import ALL_MODULES
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.from_config import NotProvided
-from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    NUM_MODULE_STEPS_TRAINED_LIFETIME,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+    TIMERS,
+)
 
 from rllib_pirl.callbacks import SuccessRateCallback
 from rllib_pirl.env_runner import FlowEnvRunner
@@ -269,7 +280,50 @@ class FlowPPO(PPO):
         )
         for key, value in (("noise_level", level), ("noise_std_min", std_range[0]), ("noise_std_max", std_range[1])):
             self.metrics.log_value(("exploration", key), value, window=1)
-        return super().training_step()
+        if self.config.advantage_estimator != "grpo":
+            return super().training_step()
+        return self._grpo_training_step()
+
+    def _grpo_training_step(self) -> None:
+        """PPO's step (sample, update, sync the weights) for GRPO, whose env runners return only
+        the episodes of finished groups that the success filter keeps: a sampling round may
+        return none (every finished group failed, or solved, all its episodes). RLlib's PPO step
+        then returns before it records the round's env-runner metrics — its env steps, episodes
+        and group counts would be lost to the lifetime counters that the schedules and the stop
+        criteria read. Here they are recorded, and the update runs when there are episodes."""
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes, env_runner_results = synchronous_parallel_sample(
+                worker_set=self.env_runner_group,
+                max_env_steps=self.config.total_train_batch_size,
+                sample_timeout_s=self.config.sample_timeout_s,
+                _uses_new_env_runners=True,
+                _return_metrics=True,
+            )
+            self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+        if not episodes:
+            return
+        with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+            learner_results = self.learner_group.update(
+                episodes=episodes,
+                timesteps={
+                    NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                        (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)
+                    ),
+                    NUM_MODULE_STEPS_TRAINED_LIFETIME: self.metrics.peek(
+                        (LEARNER_RESULTS, ALL_MODULES, NUM_MODULE_STEPS_TRAINED_LIFETIME), default=0
+                    ),
+                },
+                num_epochs=self.config.num_epochs,
+                minibatch_size=self.config.minibatch_size,
+                shuffle_batch_per_epoch=self.config.shuffle_batch_per_epoch,
+            )
+            self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
+        with self.metrics.log_time((TIMERS, SYNCH_WORKER_WEIGHTS_TIMER)):
+            self.env_runner_group.sync_weights(
+                from_worker_or_learner_group=self.learner_group,
+                policies=set(learner_results[0]) - {ALL_MODULES},
+                inference_only=True,
+            )
 
 
 def schedule_steps(metrics) -> float:
