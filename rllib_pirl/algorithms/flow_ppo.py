@@ -233,7 +233,8 @@ class FlowPPO(PPO):
     sampling round, every env runner's module gets ``noise_level`` / ``noise_std_range`` at
     the run's lifetime env steps (the count RLlib's ``lr`` schedules use); rollouts record
     the noise they used, which the learner's log-probs use (see ``FlowRLModule.exploration``).
-    The values are reported under ``exploration/`` in the results."""
+    The values are reported under ``exploration/`` in the results. With GRPO the step is
+    :meth:`_grpo_training_step`."""
 
     @classmethod
     @override(PPO)
