@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from rllib_pirl.envs.maniskill import _config_with_state_dim, make_task_env
+from rllib_pirl.envs.maniskill import ManiSkillConfig, ManiSkillTaskEnv
 
 
 def cpu_s() -> float:
@@ -24,20 +24,17 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def start_s(obs_mode: str, size: int) -> tuple[float, object]:
+def start_s(obs_mode: str, size: int) -> tuple[float, ManiSkillTaskEnv]:
     """Seconds to make a task env and its first observation (the reset inside ManiSkill's make)."""
-    config = _config_with_state_dim({"task": "PickCube-v1", "obs_mode": obs_mode, "camera_size": size})
+    config = ManiSkillConfig.from_env_config({"task": "PickCube-v1", "obs_mode": obs_mode, "camera_size": size})
     start = time.perf_counter()
-    env = make_task_env(config, 0)
+    env = ManiSkillTaskEnv(config)
     return time.perf_counter() - start, env
 
 
-def picture_ms(env, pictures: int) -> tuple[float, float]:
+def picture_ms(env: ManiSkillTaskEnv, pictures: int) -> tuple[float, float]:
     """Wall and CPU milliseconds per picture of the base camera."""
-    base = env
-    while not hasattr(base, "_sensors"):  # through rllib_pirl's and ManiSkill's wrappers
-        base = base.env
-    camera = base._sensors["base_camera"].camera
+    camera = env.env.unwrapped._sensors["base_camera"].camera
     camera.take_picture()  # this size's first picture
     wall, cpu = time.perf_counter(), cpu_s()
     for _ in range(pictures):

@@ -11,8 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_gpu_check_runs_at_tiny_size():
     # One iteration row (its env has the cameras) and the state simulator row: the rgb simulator
-    # row runs the same code with another obs_mode and two more rgb env processes (~20-40 s each
-    # here to start their software renderer).
+    # row runs the same code with another obs_mode and two more rgb env processes (12-45 s each
+    # here to start their software renderer, by load).
     pytest.importorskip("mani_skill", reason="ManiSkill is not installed: run scripts/setup_maniskill.sh")
     out = subprocess.run(
         [sys.executable, "gpu_check.py", "--tiny", "--only", "pi05-noise-64,maniskill-state"],

@@ -329,7 +329,7 @@ def test_saved_config_is_lerobot_style(tokenizer, tmp_path):
 
 # Each (variant, algorithm) pair runs one iteration on ManiSkill rgb once: these two in fp32
 # here, the other two in bfloat16 (test_bfloat16_trains_checkpoints_and_restores); an rgb env
-# process costs ~20 s of software rendering to start, so the pairs are not run twice.
+# process costs 12-45 s of software rendering to start here, so the pairs are not run twice.
 @pytest.mark.parametrize(("variant", "algorithm"), [("pi0", "noise"), ("pi05", "sde")])
 def test_one_rl_iteration_on_maniskill_rgb(tokenizer, ray_session, variant, algorithm):
     """Tiny π0 / π0.5 (two 32-px cameras + state + instruction) on ManiSkill PickCube,

@@ -332,7 +332,6 @@ class ManiSkillTaskEnv(gym.Env):
         holding the cube, the next reset reads ``is_grasped`` (in the info, and in the
         observation's state: obs_mode "state" and the proprioception of "rgb"). One physics step from the reset state refreshes
         them; the state is then put back, so the episode starts where the reset placed it."""
-
         base = self.env.unwrapped
         state = base.get_state_dict()
         base.scene.step()
