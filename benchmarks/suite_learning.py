@@ -197,11 +197,19 @@ def main():
                 for k, v in sorted(runners.items())
                 if k.startswith("episode_return_mean_")
             )
-            learner = result["learners"]["default_policy"]
+            # (a GRPO iteration whose groups the success filter all dropped trains nothing: no learner results)
+            learner = result.get("learners", {}).get("default_policy", {})
+            groups = runners.get("grpo", {})
+            trained = " ".join(
+                f"{task.replace('-v1', '')} {int(n)}/{int(groups['completed_per_task'].get(task, 0))}"
+                for task, n in sorted(groups.get("trained_per_task", {}).items())
+            )
             print(
                 f"  iter {it + 1}: policy steps {policy_steps}, explore success {per_task}; return {returns}; "
-                f"kl {learner['approx_kl']:.4f} clip {learner['clip_fraction']:.3f} "
-                f"vf_ev {learner.get('vf_explained_var', float('nan')):.2f} ({time.time() - start:.0f} s)",
+                f"kl {learner.get('approx_kl', float('nan')):.4f} clip {learner.get('clip_fraction', float('nan')):.3f} "
+                f"vf_ev {learner.get('vf_explained_var', float('nan')):.2f}"
+                + (f"; groups trained/completed {trained}" if trained else "")
+                + f" ({time.time() - start:.0f} s)",
                 flush=True,
             )
             write_train_rows(label, it + 1, policy_steps, round(time.time() - start), runners, args.results)

@@ -31,10 +31,12 @@ def test_group_advantages_are_the_formula_and_zero_mean():
     assert np.all(group_advantages([0.7] * 4) == 0)  # a group that all did the same teaches nothing
 
 
-def episode(key, rewards, success=False, unseeded=False, restarted=False):
-    """A finished episode of ``len(rewards)`` steps whose reset info names group ``key``."""
+def episode(key, rewards, success=False, unseeded=False, restarted=False, task=None):
+    """A finished episode of ``len(rewards)`` steps whose reset info names group ``key`` (and
+    ``task``, as a multi-task env's does)."""
     n = len(rewards)
-    infos = [{GROUP_KEY: key, **({UNSEEDED: True} if unseeded else {})}] + [{} for _ in range(n)]
+    first = {GROUP_KEY: key, **({UNSEEDED: True} if unseeded else {}), **({"task": task} if task else {})}
+    infos = [first] + [{} for _ in range(n)]
     infos[-1] = {"success": success, **({RESTARTED: True} if restarted else {})}
     return SingleAgentEpisode(
         observations=[np.zeros(2, np.float32)] * (n + 1),
@@ -56,6 +58,16 @@ def test_success_filter_drops_exactly_the_groups_outside_the_band():
     kept = {ep.get_infos(0)[GROUP_KEY] >> 32 for ep in buffer.pop_ready()}
     assert kept == {1, 2, 3}
     assert buffer.stats["groups_filtered"] == 2 and buffer.stats["groups_trained"] == 3
+
+
+def test_groups_of_a_multi_task_env_are_counted_per_task():
+    buffer = GroupBuffer(2, success_filter=[0.1, 0.9])
+    for g, (task, successes) in enumerate([("A", [1, 0]), ("A", [1, 1]), ("B", [0, 0]), ("B", [0, 1])]):
+        buffer.add([episode(group_key(g, 0), [float(s)], bool(s), task=task) for s in successes])
+    stats = buffer.take_stats()
+    assert stats["groups_completed/A"] == stats["groups_completed/B"] == 2
+    assert stats["groups_trained/A"] == stats["groups_trained/B"] == 1
+    assert stats["groups_trained"] == 2
 
 
 def test_a_group_waits_for_all_members_and_a_restarted_member_spoils_it():
@@ -233,6 +245,27 @@ def test_bad_grpo_settings_are_rejected_before_ray_starts(setting, message):
         grpo_point_reach(**setting).validate()
 
 
+@pytest.mark.parametrize(
+    "envs, enough, training, message",
+    [
+        (8, 24, {"advantage_estimator": "grpo", "group_size": 4}, "2 GRPO pools of 4 sub-envs .* StackCube-v1, "),
+        (4, 6, {}, "4 sub-envs .* PlaceSphere-v1, LiftPegUpright-v1 would never be sampled"),
+    ],
+)
+def test_a_multi_task_env_with_fewer_slots_than_tasks_is_rejected(envs, enough, training, message):
+    """Sub-env slot (GRPO: pool) i runs task i mod #tasks: the six-task suite on fewer would
+    silently never train some tasks."""
+    config = (
+        FlowSDEConfig()
+        .environment("ManiSkill", env_config={"tasks": "suite", "max_episode_steps": 150})
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=envs)
+        .training(action_chunk=5, **training)
+    )
+    with pytest.raises(ValueError, match=message):
+        config.validate()
+    config.env_runners(num_envs_per_env_runner=enough).validate()
+
+
 def test_grpo_refuses_envs_whose_resets_it_cannot_seed():
     config = grpo_point_reach().environment("ManiSkill", env_config={"backend": "gpu"})
     with pytest.raises(ValueError, match="Set env_config.backend: cpu"):
@@ -261,11 +294,12 @@ def test_grpo_learns_point_reach(ray_session):
 
 
 def test_grpo_trains_on_maniskill_groups_through_the_algorithm(ray_session):
-    """The ManiSkill creator, its episode limit, the pools in worker processes and the env
-    runner's groups, end to end: complete groups are trained on, each from its seed's state."""
+    """The ManiSkill creator, its episode limit, the pools in worker processes (one task each)
+    and the env runner's groups, end to end: complete groups are trained on and counted per task."""
+    tasks = ["PickCube-v1", "PushCube-v1"]
     config = (
         FlowSDEConfig()
-        .environment("ManiSkill", env_config={"task": "PickCube-v1", "max_episode_steps": 10, "backend": "auto"})
+        .environment("ManiSkill", env_config={"tasks": tasks, "max_episode_steps": 10, "backend": "auto"})
         .env_runners(num_env_runners=0, num_envs_per_env_runner=4)
         .training(
             action_chunk=5,
@@ -280,11 +314,15 @@ def test_grpo_trains_on_maniskill_groups_through_the_algorithm(ray_session):
     )
     algo = config.build_algo()
     try:
-        trained = 0
+        trained, per_task = 0, defaultdict(int)
         for _ in range(3):
             result = algo.train()
-            trained += result["env_runners"]["grpo"]["groups_trained"]
+            groups = result["env_runners"]["grpo"]
+            trained += groups["groups_trained"]
+            for task, n in groups.get("trained_per_task", {}).items():
+                per_task[task] += n
         assert trained >= 3
+        assert set(per_task) == set(tasks) and sum(per_task.values()) == trained
         assert result["learners"]["default_policy"]["num_module_steps_trained"] > 0
     finally:
         algo.stop()

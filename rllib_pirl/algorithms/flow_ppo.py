@@ -166,6 +166,22 @@ class FlowPPOConfig(PPOConfig):
             )
         if self.advantage_estimator == "grpo" and not self._is_frozen:
             self._validate_grpo(entry)
+        if entry is not None and entry.sampled_tasks is not None and not self._is_frozen:
+            self._validate_task_slots(entry.sampled_tasks(self.env_config))
+
+    def _validate_task_slots(self, tasks: list[str]) -> None:
+        """Sub-env slot i of all env runners (with GRPO: pool i, ``group_size`` sub-envs) runs
+        task ``i mod #tasks``: fewer slots than tasks would leave tasks that are never trained."""
+        G = self.group_size if self.advantage_estimator == "grpo" else 1
+        slots = self.num_envs_per_env_runner * max(1, self.num_env_runners or 0) // G
+        if slots < len(tasks):
+            what = f"{slots} GRPO pools of {G} sub-envs" if G > 1 else f"{slots} sub-envs"
+            self._value_error(
+                f"{len(tasks)} tasks to train but the env runners hold {what} (each runs one task, in turn): "
+                f"{', '.join(tasks[slots:])} would never be sampled. Set num_envs_per_env_runner × "
+                f"max(1, num_env_runners) to at least {len(tasks) * G} (a multiple of {len(tasks) * G} gives "
+                "every task the same share)."
+            )
 
     def _validate_grpo(self, entry) -> None:
         """GRPO's checks before anything starts; gives an env that builds its own vector env

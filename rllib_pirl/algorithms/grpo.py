@@ -62,7 +62,9 @@ class GroupBuffer:
     ``add(chunks)`` after each sampling round; ``pop_ready()`` returns the chunks of the
     groups that now have ``group_size`` finished episodes and pass ``success_filter``
     (``[lo, hi]``: keep a group whose share of successful episodes is in the band; None: all),
-    and counts what it completed and dropped in :attr:`stats` (since :meth:`take_stats`)."""
+    and counts what it completed and dropped in :attr:`stats` (since :meth:`take_stats`);
+    groups of a multi-task env (episodes with a ``task`` in their first info) are also counted
+    per task: ``groups_completed/<task>``, ``groups_trained/<task>``."""
 
     def __init__(self, group_size: int, success_filter=None):
         self.group_size, self.success_filter = group_size, success_filter
@@ -119,7 +121,10 @@ class GroupBuffer:
             self.stats["groups_unusable"] += 1
             return
         rate = float(np.mean([m.success for m in members]))
+        task = members[0].chunks[0].get_infos(0).get("task")
         self.stats["groups_completed"] += 1
+        if task is not None:
+            self.stats[f"groups_completed/{task}"] += 1
         self.stats["group_success_sum"] += rate
         if self.success_filter is not None and not self.success_filter[0] <= rate <= self.success_filter[1]:
             self.stats["groups_filtered"] += 1
@@ -130,6 +135,8 @@ class GroupBuffer:
                     info[ADVANTAGE] = float(advantage)
                 self._ready.append(chunk)
         self.stats["groups_trained"] += 1
+        if task is not None:
+            self.stats[f"groups_trained/{task}"] += 1
 
     def pop_ready(self) -> list:
         ready, self._ready = self._ready, []

@@ -75,6 +75,9 @@ class EnvEntry:
     max_episode_steps: Callable | None = None
     #: env_config → why GRPO's grouped, seeded resets cannot run with it (None: they can)
     grouped_resets_error: Callable | None = None
+    #: env_config → the tasks its training sub-envs run in turn (sub-env slot i, or GRPO pool
+    #: i, runs task i mod #tasks); None: one task
+    sampled_tasks: Callable | None = None
 
 
 #: The envs that importing ``rllib_pirl.algorithms`` registers with Ray Tune, by name.
@@ -88,6 +91,7 @@ ENVS: dict[str, EnvEntry] = {
         instructions=deferred("rllib_pirl.envs.maniskill:instructions"),
         max_episode_steps=deferred("rllib_pirl.envs.maniskill:max_episode_steps"),
         grouped_resets_error=deferred("rllib_pirl.envs.maniskill:grouped_resets_error"),
+        sampled_tasks=deferred("rllib_pirl.envs.maniskill:sampled_tasks"),
     ),
     "LIBERO": EnvEntry(
         deferred("rllib_pirl.envs.libero:make_libero_env"),
@@ -96,6 +100,7 @@ ENVS: dict[str, EnvEntry] = {
         instructions=deferred("rllib_pirl.envs.libero:instructions"),
         initial_states=deferred("rllib_pirl.envs.libero:num_initial_states"),
         max_episode_steps=deferred("rllib_pirl.envs.libero:max_episode_steps"),
+        sampled_tasks=deferred("rllib_pirl.envs.libero:sampled_tasks"),
     ),
 }
 

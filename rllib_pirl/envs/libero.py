@@ -346,3 +346,10 @@ def max_episode_steps(env_config) -> int:
 def instructions(env_config) -> list[str]:
     """The instruction of each task of ``env_config`` (index = ``task_id``)."""
     return LiberoConfig.from_env_config(env_config).instruction_list()
+
+
+def sampled_tasks(env_config) -> list[str]:
+    """The names of the tasks the sub-envs run in turn (sub-env i: task i mod #tasks)."""
+    config = LiberoConfig.from_env_config(env_config)
+    tasks = suite_tasks(config.suite)
+    return [tasks[i].name for i in config.tasks]

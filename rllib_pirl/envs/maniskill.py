@@ -463,3 +463,9 @@ def grouped_resets_error(env_config) -> str | None:
 def instructions(env_config) -> list[str]:
     """The instruction of each task of ``env_config`` (index = ``task_id``)."""
     return ManiSkillConfig.from_env_config(env_config).instruction_list()
+
+
+def sampled_tasks(env_config) -> list[str]:
+    """The tasks the training sub-envs run in turn: ``train_tasks``, else ``tasks``."""
+    config = ManiSkillConfig.from_env_config(env_config)
+    return list(config.train_tasks or config.tasks)
