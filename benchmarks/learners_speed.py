@@ -20,19 +20,17 @@ as tests/test_learning.py): does a 2-learner run learn like a 1-learner one?
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
 import ray
 import torch
+from pickcube_learning import load_example
 
-from rllib_pirl.experiments import build_config, load_experiments, resolve_algorithm
+from rllib_pirl.experiments import build_config, resolve_algorithm
 
-EXAMPLE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tuned_examples", "flow_sde_point_reach.yaml"
-)
+EXAMPLE = "flow_sde_point_reach.yaml"
 SETUPS = {
     "0 (local)": {"num_learners": 0},
     "1 remote": {"num_learners": 1, "num_cpus_per_learner": 0.5},
@@ -46,7 +44,7 @@ SETUPS = {
 
 
 def throughput(overrides: dict, iterations: int) -> float:
-    ((name, spec),) = load_experiments(EXAMPLE).items()
+    name, spec = load_example(EXAMPLE)
     algo_cls = resolve_algorithm(spec["run"])
     algo = build_config(algo_cls, spec["env"], dict(spec["config"], **overrides), name).build_algo()
     try:
@@ -63,7 +61,7 @@ def final_return(overrides: dict, seed: int, iterations: int = 40) -> float:
     from rllib_pirl.envs import make_point_reach
     from rllib_pirl.evaluation import evaluate
 
-    ((name, spec),) = load_experiments(EXAMPLE).items()
+    name, spec = load_example(EXAMPLE)
     algo_cls = resolve_algorithm(spec["run"])
     algo = build_config(algo_cls, spec["env"], dict(spec["config"], seed=seed, **overrides), name).build_algo()
     try:

@@ -20,10 +20,11 @@ import time
 
 import ray
 import torch
+from pickcube_learning import load_example
 
 from rllib_pirl.envs import make_point_reach
 from rllib_pirl.evaluation import evaluate
-from rllib_pirl.experiments import build_config, load_experiments, resolve_algorithm
+from rllib_pirl.experiments import build_config, resolve_algorithm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLES = {
@@ -34,7 +35,7 @@ EXAMPLES = {
 
 
 def run(label, example, iterations, eval_every, episodes, seed):
-    ((name, spec),) = load_experiments(os.path.join(HERE, "..", "tuned_examples", example)).items()
+    name, spec = load_example(example)
     config = build_config(resolve_algorithm(spec["run"]), spec["env"], spec["config"], name).debugging(seed=seed)
     algo = config.build_algo()
     env = make_point_reach(dict(algo.config.env_config))
