@@ -208,6 +208,15 @@ def drop_rows_from(name: str, label: str, iteration: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+def has_row(name: str, label: str, iteration: int) -> bool:
+    """Whether ``NAME.csv`` holds an evaluation row of run ``label`` at ``iteration``."""
+    path = os.path.join(RESULTS, f"{name}.csv")
+    if not os.path.exists(path):
+        return False
+    with open(path, newline="") as f:
+        return any(r["algorithm"] == label and int(r["iteration"]) == iteration for r in csv.DictReader(f))
+
+
 def read_progress(folder: str | None) -> dict | None:
     """The loop's counters of the last save in ``folder`` (None: nothing to continue)."""
     path = os.path.join(folder or "", "progress.json")
@@ -253,6 +262,7 @@ def main():
     # restored iteration, not the run's first episodes again (FlowPPO.restore_from_path)
     _, algo = build_example_algo(args.example, resumed["seed"] if resumed else args.seed, args.config)
     start, rows, policy_steps, env_steps, explore, first = time.time(), [], 0, 0, None, 0
+    evaluated: set[int] = set()  # iterations whose evaluation row is in the CSV already
     train_seed = algo.config.seed
     if resumed:
         algo.restore_from_path(os.path.abspath(args.checkpoint))
@@ -260,15 +270,17 @@ def main():
             resumed[k] for k in ("iteration", "policy_steps", "env_steps", "explore")
         )
         start -= resumed["wall_s"]
-        # evaluation rows after the save (and at it, when the continued run evaluates there again)
-        drop_rows_from(args.results, label, first if evaluates_at(first) else first + 1)
+        # evaluation rows after the save; the save's own is kept when the run made it before it stopped
+        drop_rows_from(args.results, label, first + 1)
+        if has_row(args.results, label, first):
+            evaluated.add(first)
         drop_rows_from(f"{args.results}_train", label, first + 1)  # training rows after the save
         print(f"resumed {label!r} at iteration {first} from {args.checkpoint}", flush=True)
     env = make_maniskill_env(dict(algo.config.env_config))
     chunk = algo.config.action_chunk
     try:
         for it in range(first, args.iterations + 1):
-            if evaluates_at(it):
+            if evaluates_at(it) and it not in evaluated:
                 episodes = args.final_episodes if it in (0, args.iterations) else args.episodes
                 rows.append(evaluate_row(algo, env, episodes, label, it, policy_steps, env_steps, start, explore))
                 write(rows[-1:], args.results)
