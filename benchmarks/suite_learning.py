@@ -63,24 +63,32 @@ def evaluate_tasks(module, envs, episodes, label, stage, policy_steps, env_steps
 
 
 TRAIN_FIELDS = ["algorithm", "iteration", "policy_steps", "wall_s", "task", "explore_success", "episode_return"]
+TRAIN_FIELDS += ["groups_trained", "groups_completed"]  # GRPO: the task's groups the filter kept, of those finished
 
 
 def write_train_rows(label, iteration, policy_steps, wall_s, runners, name):
-    """Per-task exploration success and return of one training iteration, appended to
-    ``NAME_train.csv`` as they come (RLlib's means over the last episodes)."""
-    rows = [
-        {
-            "algorithm": label,
-            "iteration": iteration,
-            "policy_steps": policy_steps,
-            "wall_s": wall_s,
-            "task": key[len("success_rate_") :],
-            "explore_success": round(float(value), 4),
-            "episode_return": round(float(runners.get(f"episode_return_mean_{key[len('success_rate_') :]}", "nan")), 4),
-        }
-        for key, value in sorted(runners.items())
-        if key.startswith("success_rate_")
-    ]
+    """Per-task exploration success and return of one training iteration (RLlib's means over
+    the last episodes) and, with GRPO, the task's groups trained on and finished, appended to
+    ``NAME_train.csv`` as they come."""
+    groups = runners.get("grpo", {})
+    rows = []
+    for key, value in sorted(runners.items()):
+        if not key.startswith("success_rate_"):
+            continue
+        task = key[len("success_rate_") :]
+        rows.append(
+            {
+                "algorithm": label,
+                "iteration": iteration,
+                "policy_steps": policy_steps,
+                "wall_s": wall_s,
+                "task": task,
+                "explore_success": round(float(value), 4),
+                "episode_return": round(float(runners.get(f"episode_return_mean_{task}", "nan")), 4),
+                "groups_trained": int(groups.get("trained_per_task", {}).get(task, 0)) if groups else "",
+                "groups_completed": int(groups.get("completed_per_task", {}).get(task, 0)) if groups else "",
+            }
+        )
     write(rows, f"{name}_train", TRAIN_FIELDS)
 
 
@@ -201,7 +209,7 @@ def main():
             learner = result.get("learners", {}).get("default_policy", {})
             groups = runners.get("grpo", {})
             trained = " ".join(
-                f"{task.replace('-v1', '')} {int(n)}/{int(groups['completed_per_task'].get(task, 0))}"
+                f"{task.replace('-v1', '')} {int(n)}/{int(groups.get('completed_per_task', {}).get(task, 0))}"
                 for task, n in sorted(groups.get("trained_per_task", {}).items())
             )
             print(
