@@ -166,7 +166,9 @@ class FlowPPOConfig(PPOConfig):
             )
         if self.advantage_estimator == "grpo" and not self._is_frozen:
             self._validate_grpo(entry)
-        if entry is not None and entry.sampled_tasks is not None and not self._is_frozen:
+        if entry is not None and entry.sampled_tasks is not None and not (self._is_frozen or self.in_evaluation):
+            # (an evaluation config holds the evaluation env runners, none by default: the
+            # fixed-seed evaluation makes its own envs, task by task)
             self._validate_task_slots(entry.sampled_tasks(self.env_config))
 
     def _validate_task_slots(self, tasks: list[str]) -> None:
