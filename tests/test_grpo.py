@@ -266,6 +266,26 @@ def test_a_multi_task_env_with_fewer_slots_than_tasks_is_rejected(envs, enough, 
     config.env_runners(num_envs_per_env_runner=enough).validate()
 
 
+def test_a_task_listed_twice_in_train_tasks_gets_two_slots():
+    """`train_tasks` may repeat a task to give it a larger share of the sub-envs (GRPO: pools);
+    each entry needs its own slot."""
+    from rllib_pirl.envs.maniskill import SUITE, ManiSkillConfig
+
+    env_config = {"tasks": "suite", "train_tasks": [*SUITE, "PlaceSphere-v1"], "max_episode_steps": 150}
+    place = SUITE.index("PlaceSphere-v1")
+    config = ManiSkillConfig.from_env_config(env_config)
+    assert [config.task_index_of_sub_env(i) for i in range(7)] == [*range(6), place]
+    grpo = (
+        FlowSDEConfig()
+        .environment("ManiSkill", env_config=env_config)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=24)
+        .training(action_chunk=5, advantage_estimator="grpo", group_size=4)
+    )
+    with pytest.raises(ValueError, match="7 tasks to train but the env runners hold 6 GRPO pools"):
+        grpo.validate()
+    grpo.env_runners(num_envs_per_env_runner=28).validate()
+
+
 def test_grpo_refuses_envs_whose_resets_it_cannot_seed():
     config = grpo_point_reach().environment("ManiSkill", env_config={"backend": "gpu"})
     with pytest.raises(ValueError, match="Set env_config.backend: cpu"):
