@@ -262,7 +262,7 @@ def main():
     # restored iteration, not the run's first episodes again (FlowPPO.restore_from_path)
     _, algo = build_example_algo(args.example, resumed["seed"] if resumed else args.seed, args.config)
     start, rows, policy_steps, env_steps, explore, first = time.time(), [], 0, 0, None, 0
-    evaluated: set[int] = set()  # iterations whose evaluation row is in the CSV already
+    save_evaluated = False  # a continued run whose save's evaluation row is in the CSV already
     train_seed = algo.config.seed
     if resumed:
         algo.restore_from_path(os.path.abspath(args.checkpoint))
@@ -272,15 +272,14 @@ def main():
         start -= resumed["wall_s"]
         # evaluation rows after the save; the save's own is kept when the run made it before it stopped
         drop_rows_from(args.results, label, first + 1)
-        if has_row(args.results, label, first):
-            evaluated.add(first)
+        save_evaluated = has_row(args.results, label, first)
         drop_rows_from(f"{args.results}_train", label, first + 1)  # training rows after the save
         print(f"resumed {label!r} at iteration {first} from {args.checkpoint}", flush=True)
     env = make_maniskill_env(dict(algo.config.env_config))
     chunk = algo.config.action_chunk
     try:
         for it in range(first, args.iterations + 1):
-            if evaluates_at(it) and it not in evaluated:
+            if evaluates_at(it) and not (it == first and save_evaluated):
                 episodes = args.final_episodes if it in (0, args.iterations) else args.episodes
                 rows.append(evaluate_row(algo, env, episodes, label, it, policy_steps, env_steps, start, explore))
                 write(rows[-1:], args.results)

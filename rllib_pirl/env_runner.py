@@ -78,7 +78,6 @@ class FlowEnvRunner(SingleAgentEnvRunner):
             # the replaced one is garbage-collected).
             self.env.env = GroupedResets(self.env.env, self.config.group_size, self.slot * self.num_envs)
             self._groups = GroupBuffer(self.config.group_size, self.config.grpo_success_filter)
-            self._grpo_tasks: set[str] = set()
         self._builds += 1
         if self.config.seed is not None:
             self._seed = self._seeds()[0]
@@ -117,11 +116,8 @@ class FlowEnvRunner(SingleAgentEnvRunner):
         stats = self._groups.take_stats()
         for key in GRPO_COUNTS:
             self.metrics.log_value(("grpo", key), stats[key], reduce="sum", clear_on_reduce=True)
-        self._grpo_tasks.update(k.split("/", 1)[1] for k in stats if "/" in k)
-        for task in self._grpo_tasks:  # multi-task envs: which tasks' groups the filter keeps
-            for key in ("groups_completed", "groups_trained"):
-                name = key.replace("groups_", "") + "_per_task"  # grpo/trained_per_task/<task>
-                self.metrics.log_value(("grpo", name, task), stats[f"{key}/{task}"], reduce="sum", clear_on_reduce=True)
+        for key in [k for k in stats if "/" in k]:  # multi-task envs: grpo/trained_per_task/<task>, ...
+            self.metrics.log_value(("grpo", *key.split("/", 1)), stats[key], reduce="sum", clear_on_reduce=True)
         if stats["groups_completed"]:
             rate = stats["group_success_sum"] / stats["groups_completed"]
             self.metrics.log_value(("grpo", "group_success_rate"), rate, window=20)

@@ -65,9 +65,14 @@ def test_groups_of_a_multi_task_env_are_counted_per_task():
     for g, (task, successes) in enumerate([("A", [1, 0]), ("A", [1, 1]), ("B", [0, 0]), ("B", [0, 1])]):
         buffer.add([episode(group_key(g, 0), [float(s)], bool(s), task=task) for s in successes])
     stats = buffer.take_stats()
-    assert stats["groups_completed/A"] == stats["groups_completed/B"] == 2
-    assert stats["groups_trained/A"] == stats["groups_trained/B"] == 1
+    assert stats["completed_per_task/A"] == stats["completed_per_task/B"] == 2
+    assert stats["trained_per_task/A"] == stats["trained_per_task/B"] == 1
     assert stats["groups_trained"] == 2
+    buffer.add([episode(group_key(9, 0), [1.0], True, task="A")])  # a group still waiting for a member
+    stats = buffer.take_stats()  # the tasks seen before are still reported, with 0
+    assert {k: v for k, v in stats.items() if "/" in k} == {
+        f"{key}/{task}": 0 for key in ("completed_per_task", "trained_per_task") for task in "AB"
+    }
 
 
 def test_a_group_waits_for_all_members_and_a_restarted_member_spoils_it():

@@ -64,13 +64,15 @@ class GroupBuffer:
     (``[lo, hi]``: keep a group whose share of successful episodes is in the band; None: all),
     and counts what it completed and dropped in :attr:`stats` (since :meth:`take_stats`);
     groups of a multi-task env (episodes with a ``task`` in their first info) are also counted
-    per task: ``groups_completed/<task>``, ``groups_trained/<task>``."""
+    per task: ``completed_per_task/<task>``, ``trained_per_task/<task>`` (0 for a task seen
+    before that finished no group since)."""
 
     def __init__(self, group_size: int, success_filter=None):
         self.group_size, self.success_filter = group_size, success_filter
         self._groups: dict[int, _Group] = defaultdict(_Group)
         self._episode_group: dict[str, int] = {}  # episode id → group key
         self._ready: list = []
+        self._tasks: set[str] = set()  # tasks seen: their per-task counts are reported, 0 included
         self.stats: dict[str, float] = defaultdict(float)
 
     def __len__(self) -> int:
@@ -124,7 +126,8 @@ class GroupBuffer:
         task = members[0].chunks[0].get_infos(0).get("task")
         self.stats["groups_completed"] += 1
         if task is not None:
-            self.stats[f"groups_completed/{task}"] += 1
+            self._tasks.add(task)
+            self.stats[f"completed_per_task/{task}"] += 1
         self.stats["group_success_sum"] += rate
         if self.success_filter is not None and not self.success_filter[0] <= rate <= self.success_filter[1]:
             self.stats["groups_filtered"] += 1
@@ -136,7 +139,7 @@ class GroupBuffer:
                 self._ready.append(chunk)
         self.stats["groups_trained"] += 1
         if task is not None:
-            self.stats[f"groups_trained/{task}"] += 1
+            self.stats[f"trained_per_task/{task}"] += 1
 
     def pop_ready(self) -> list:
         ready, self._ready = self._ready, []
@@ -145,6 +148,9 @@ class GroupBuffer:
     def take_stats(self) -> dict[str, float]:
         """The counts since the last call (and start counting anew)."""
         stats, self.stats = self.stats, defaultdict(float)
+        for task in self._tasks:
+            for key in ("completed_per_task", "trained_per_task"):
+                stats[f"{key}/{task}"] += 0
         return stats
 
 
