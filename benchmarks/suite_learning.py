@@ -12,6 +12,10 @@ Each training iteration's per-task exploration success and return go to
 
 ``--config '{"noise_level": 0.2}'`` replaces config keys of the example; ``--no-before`` skips
 the first evaluation when another run of the same start made it (same seeds, same rows).
+``--eval-every N`` also evaluates the deterministic policy before training and every N
+iterations on ``--eval-episodes`` per task (the first of the same seeds), into
+``NAME_during.csv``: drawn beside the exploration success in ``NAME_train.png``, it shows when a
+task's deterministic success moves and how far it is from the exploring policy's.
 """
 
 from __future__ import annotations
@@ -130,7 +134,8 @@ def plot(name):
 def plot_training(name, window: int = 5):
     """Redraw NAME_train.png from NAME_train.csv when there is one: per run, each task's
     exploration success and return during training (means over ``window`` iterations; an
-    iteration holds ~10 episodes per task)."""
+    iteration holds ~10 episodes per task), and the deterministic success of ``--eval-every``
+    (NAME_during.csv, markers with 95% intervals) where the run made it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,6 +147,17 @@ def plot_training(name, window: int = 5):
         return
     with open(path) as f:
         rows = list(csv.DictReader(f))
+    during = []
+    if os.path.exists(os.path.join(RESULTS, f"{name}_during.csv")):
+        with open(os.path.join(RESULTS, f"{name}_during.csv")) as f:
+            during = list(csv.DictReader(f))
+        with open(os.path.join(RESULTS, f"{name}.csv")) as f:  # the final evaluation, at the last iteration
+            last = {r["algorithm"]: r["iteration"] for r in rows}
+            during += [
+                {**r, "stage": f"iteration {last[r['algorithm']]}"}
+                for r in csv.DictReader(f)
+                if r["stage"] == "after" and r["algorithm"] in last
+            ]
     runs = list(dict.fromkeys(r["algorithm"] for r in rows))
     fig, axes = plt.subplots(len(runs), 2, figsize=(10, 3.2 * len(runs)), squeeze=False)
     for (ax_s, ax_r), run in zip(axes, runs):
@@ -150,8 +166,14 @@ def plot_training(name, window: int = 5):
             it = np.array([int(r["iteration"]) for r in mine])
             for ax, key in ((ax_s, "explore_success"), (ax_r, "episode_return")):
                 y = np.convolve([float(r[key]) for r in mine], np.ones(window) / window, mode="valid")
-                ax.plot(it[window - 1 :], y, label=task.replace("-v1", ""))
-        ax_s.set_ylabel(f"exploration success\n(mean of {window} iterations)")
+                (line,) = ax.plot(it[window - 1 :], y, label=task.replace("-v1", ""))
+            points = [r for r in during if r["algorithm"] == run and r["task"] == task]
+            if points:
+                x = [int(r["stage"].split()[-1]) for r in points]
+                y = np.array([float(r["success"]) for r in points])
+                err = [y - [float(r["success_lo"]) for r in points], [float(r["success_hi"]) for r in points] - y]
+                ax_s.errorbar(x, y, yerr=err, fmt="o--", color=line.get_color(), ms=4, capsize=2, lw=0.8)
+        ax_s.set_ylabel(f"exploration success\n(mean of {window} iterations)" + ("; o deterministic" if during else ""))
         ax_r.set_ylabel("episode return (pirl)")
         ax_s.set_title(run, fontsize=9)
         for ax in (ax_s, ax_r):
@@ -176,8 +198,17 @@ def main():
     p.add_argument(
         "--no-before", action="store_true", help="skip the evaluation before training (e.g. another run made it)"
     )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="also evaluate before training and every N iterations (--eval-episodes per task) into NAME_during.csv",
+    )
+    p.add_argument("--eval-episodes", type=int, default=20, help="episodes per task of each --eval-every evaluation")
     p.add_argument("--plot-only", action="store_true", help="only redraw the PNG from the CSV")
     args = p.parse_args()
+    if args.eval_every < 0 or args.eval_episodes < 1:
+        p.error("--eval-every must be ≥ 0 (0: none) and --eval-episodes ≥ 1")
     os.makedirs(RESULTS, exist_ok=True)
     if args.plot_only:
         plot(args.results)
@@ -192,6 +223,17 @@ def main():
         if not args.no_before:
             evaluate_tasks(algo.get_module(), envs, args.episodes, "SFT", "before", 0, 0, args.results)
         for it in range(args.iterations):
+            if args.eval_every and it % args.eval_every == 0:
+                evaluate_tasks(
+                    algo.get_module(),
+                    envs,
+                    args.eval_episodes,
+                    label,
+                    f"iteration {it}",
+                    policy_steps,
+                    policy_steps * algo.config.action_chunk,
+                    f"{args.results}_during",
+                )
             result = algo.train()
             runners = result["env_runners"]
             policy_steps = int(runners["num_env_steps_sampled_lifetime"])
