@@ -6,7 +6,8 @@ Reads the evaluation rows that ``benchmarks/pickcube_learning.py`` appended to
 and its 95% Wilson interval on the fixed seeds 100000…) and prints one markdown table per
 recipe: the points where every run of the recipe's list was evaluated (60, 120, 180 iterations
 = 615k, 1.23M, 1.85M env steps), each seed's figure with its interval, the mean over the seeds
-and their range, and each run's last evaluation (a run stopped before the budget shows it there).
+and their range, the seeds' episodes pooled (success with its 95% Wilson interval: this mixes
+the spread over seeds into one figure, so read it beside the range), and each run's last evaluation (a run stopped before the budget shows it there).
 A run that has not reached a point yet shows "—".
 
     python benchmarks/claims.py
@@ -18,6 +19,8 @@ import csv
 import os
 
 import numpy as np
+
+from rllib_pirl.evaluation import wilson_interval
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 POINTS = {"615k": 615_000, "1.23M": 1_230_000, "1.85M": 1_845_000, "2.05M": 2_050_000}
@@ -65,17 +68,24 @@ def cell(row: dict | None, steps: bool = False) -> str:
 
 
 def summary(rows: list[dict | None]) -> str:
-    values = [float(r["success"]) for r in rows if r]
-    if not values:
+    rows = [r for r in rows if r]
+    if not rows:
         return "—"
-    return f"{np.mean(values):.4g} [{min(values):.4g}, {max(values):.4g}], {len(values)} seed{'s' * (len(values) > 1)}"
+    values = [float(r["success"]) for r in rows]
+    spread = (
+        f"{np.mean(values):.4g} [{min(values):.4g}, {max(values):.4g}], {len(values)} seed{'s' * (len(values) > 1)}"
+    )
+    episodes = sum(int(r["episodes"]) for r in rows)
+    successes = sum(round(float(r["success"]) * int(r["episodes"])) for r in rows)
+    lo, hi = wilson_interval(successes, episodes)
+    return f"{spread}; pooled {successes / episodes:.4g} [{lo:.3f}, {hi:.3f}] ({episodes} ep.)"
 
 
 def table(recipe: str, points: list[str], runs: list[tuple[str, str]]) -> str:
     lines = [
         f"**{recipe}**",
         "",
-        "| env steps | " + " | ".join(label for _, label in runs) + " | mean over seeds [range] |",
+        "| env steps | " + " | ".join(label for _, label in runs) + " | mean over seeds [range]; pooled [95% CI] |",
         "|---|" + "---|" * (len(runs) + 1),
     ]
     found = [rows_of(name, label) for name, label in runs]
