@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
@@ -44,6 +45,7 @@ NOISE_STD = "flow_noise_std"  # (B,) mean std of the stochastic steps
 NOISE_LEVEL = "flow_noise_level"  # (B,) Flow-SDE: the noise level a of the sample's rollout
 NOISE_RANGE = "flow_noise_std_range"  # (B, 2) Flow-Noise: the std bounds of the sample's rollout
 ROW = "flow_row"  # (B,) the sample's row in its train batch (finds its cached encoding)
+REF_KL = "flow_ref_kl"  # (B,) the learner's KL to the reference policy (``ref_kl_coeff``)
 # Key of the frozen weights' fingerprint in a trainable-only state (weight sync).
 FROZEN_FINGERPRINT = "__frozen_fingerprint__"
 
@@ -97,18 +99,33 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         """The noise of the next rollouts (the algorithm sets it from the schedules)."""
         self.noise_level, self.noise_std_range = float(noise_level), tuple(map(float, noise_std_range))
 
-    def exploration(self, batch: dict[str, Any] | None = None):
+    def exploration(self, batch: dict[str, Any] | None = None, model=None):
         """The one piece in which Flow-SDE and Flow-Noise differ: at the module's current
         noise, or, for a train ``batch``, at the noise each row's rollout used (recorded in
         it), so that a schedule step or a PBT mutation between rollout and update never
-        changes the likelihood the ratios compare."""
+        changes the likelihood the ratios compare. Flow-Noise's std comes from ``model``'s
+        noise head (default: this module's model; the reference policy's for its KL)."""
         if self.exploration_kind == "sde":
             level = batch[NOISE_LEVEL] if batch is not None and NOISE_LEVEL in batch else self.noise_level
             return SDEExploration(level, all_steps=self.sde_steps == "all")
         bounds = self.noise_std_range
         if batch is not None and NOISE_RANGE in batch:
             bounds = (batch[NOISE_RANGE][:, 0], batch[NOISE_RANGE][:, 1])
-        return LearnedNoiseExploration(lambda hidden: self.model.noise_std(hidden, bounds))
+        model = model if model is not None else self.model
+        return LearnedNoiseExploration(lambda hidden: model.noise_std(hidden, bounds))
+
+    # The reference policy π_ref of ``ref_kl_coeff`` (learners only; not a submodule: neither
+    # trained, nor saved, nor synced to the env runners, nor wrapped by DDP).
+    _reference: torch.nn.Module | None = None
+
+    def keep_reference(self) -> None:
+        """Keep a frozen copy of the model's current weights as the reference policy (the
+        learner calls it once, when built: the run's starting weights, e.g. the SFT
+        checkpoint, also after a restore). Frozen parameters (π0's VLM) are shared, not
+        copied: only the trainable part costs memory again."""
+        shared = {id(p): p for p in self.model.parameters() if not p.requires_grad}
+        reference = copy.deepcopy(self.model, shared).requires_grad_(False)
+        object.__setattr__(self, "_reference", reference)
 
     def _noise_record(self, b: int, device) -> dict[str, torch.Tensor]:
         """The rollout's noise, one row per sample (see :meth:`exploration`)."""
@@ -169,13 +186,32 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
 
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         context = self._train_context(batch)
-        chain = chain_log_prob(self._velocity_fn(context), batch[LATENTS], batch[STEPS], self.exploration(batch))
-        return {
+        chain = chain_log_prob(
+            self._velocity_fn(context),
+            batch[LATENTS],
+            batch[STEPS],
+            self.exploration(batch),
+            self._reference_of(batch, context),
+        )
+        out = {
             Columns.EMBEDDINGS: context,
             LOGP: self._reduce(chain.log_prob),
             ENTROPY: self._crop(chain.entropy).flatten(1).mean(1),
             NOISE_STD: chain.std,
         }
+        if chain.kl is not None:  # per sample, reduced like the log-probs: mean (or sum) over the action elements
+            out[REF_KL] = self._reduce(chain.kl).mean(1)
+        return out
+
+    def _reference_of(self, batch, context):
+        """The reference policy's velocity function and exploration for a train batch, or None."""
+        reference = self._reference
+        if reference is None:
+            return None
+        if not self.model.frozen_encoding:  # a frozen encoding (π0's prefix) is the reference's too
+            with torch.no_grad():
+                context = reference.encode(batch[Columns.OBS])
+        return (lambda x, t: reference.velocity(context, x, t)), self.exploration(batch, reference)
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None):
         if embeddings is None:

@@ -169,6 +169,11 @@ class FlowLearnerSettings:
     #: dual-clip PPO's c > 1: where the advantage is negative the surrogate is at least c·A
     #: (None: PPO's clip only)
     dual_clip_param: float | None = None
+    #: weight β of the KL to the reference policy (the run's starting weights, e.g. the SFT
+    #: checkpoint) in the loss, + β·KL(π_θ ‖ π_ref) of the stochastic denoising transitions,
+    #: reduced like the log-probs (per action element with ``logprob_reduction: per_element``);
+    #: 0: off (no reference kept)
+    ref_kl_coeff: float = 0.0
     #: None: each minibatch in one forward/backward; n: in micro-batches of n samples whose
     #: gradients accumulate into one optimizer step per minibatch (memory ∝ n; must divide it)
     micro_batch_size: int | None = None
@@ -228,7 +233,7 @@ class FlowLearnerSettings:
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:
                 errors.append(f"{name} must be a number > 0, got {value!r}.")
-        for name in ("value_lr", "weight_decay"):
+        for name in ("value_lr", "weight_decay", "ref_kl_coeff"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 errors.append(f"{name} must be a number >= 0, got {value!r}.")

@@ -153,6 +153,7 @@ def test_env_gets_the_action_chunk_from_the_config(ray_session):
         ({"value_lr": -1.0}, "value_lr must be a number >= 0"),
         ({"value_clip_param": 0.0}, "value_clip_param must be a number > 0"),
         ({"dual_clip_param": 0.5}, "dual_clip_param must be null or a number > 1"),
+        ({"ref_kl_coeff": -0.1}, "ref_kl_coeff must be a number >= 0"),
     ],
 )
 def test_invalid_settings_are_rejected(setting, message):
@@ -203,6 +204,37 @@ def test_save_and_restore_in_a_fresh_process_gives_identical_actions(ray_session
     assert lines["CLASS"] == name
     restored = torch.tensor(json.loads(lines["ACTIONS"]))
     assert torch.equal(restored, actions.float())
+
+
+def test_ref_kl_anchors_the_policy_to_its_starting_weights(ray_session, tmp_path):
+    """``ref_kl_coeff``: the learner keeps a frozen copy of the weights it starts from — also
+    when a checkpoint is restored, never in the module's state — reports KL(π_θ ‖ π_ref),
+    and a large coefficient keeps the policy nearer to it than a negligible one."""
+    kls = {}
+    for beta in (1e-9, 20.0):
+        algo = tiny_config(FlowSDEConfig, ref_kl_coeff=beta, lr=1e-3).build_algo()
+        try:
+            module = algo.learner_group._learner.module["default_policy"].unwrapped()
+            start = {k: v.clone() for k, v in module.model.state_dict().items()}
+            for _ in range(3):
+                learner = algo.train()["learners"]["default_policy"]
+            kls[beta] = learner["ref_kl"]
+            trained = module.model.state_dict()
+            assert any(not torch.equal(trained[k], start[k]) for k in start)
+            assert all(torch.equal(module._reference.state_dict()[k], start[k]) for k in start)
+            assert set(algo.get_module().get_state()) == set(module.state_dict())
+            path = algo.save_to_path(str(tmp_path / f"ckpt{beta}"))
+        finally:
+            algo.stop()
+    assert 0 < kls[20.0] < kls[1e-9] / 2, kls
+    again = tiny_config(FlowSDEConfig, ref_kl_coeff=20.0).build_algo()
+    try:
+        again.restore_from_path(path)
+        module = again.learner_group._learner.module["default_policy"].unwrapped()
+        assert any(not torch.equal(module.model.state_dict()[k], start[k]) for k in start)
+        assert all(torch.equal(module._reference.state_dict()[k], start[k]) for k in start)
+    finally:
+        again.stop()
 
 
 def test_dual_clip_bounds_the_surrogate_of_bad_actions_only():

@@ -11,6 +11,7 @@ from rllib_pirl.flow import (
     bounded_std,
     chain_log_prob,
     gaussian_entropy,
+    gaussian_kl,
     gaussian_log_prob,
     ode_step,
     reduce_log_prob,
@@ -34,6 +35,17 @@ def test_gaussian_log_prob_and_entropy_match_torch_normal():
     ref = torch.distributions.Normal(mean, std)
     assert torch.allclose(gaussian_log_prob(x, mean, std), ref.log_prob(x), atol=1e-5)
     assert torch.allclose(gaussian_entropy(std), ref.entropy(), atol=1e-6)
+
+
+def test_gaussian_kl_matches_torch_normal():
+    g = torch.Generator().manual_seed(1)
+    mean_p, mean_q = torch.randn(32, 5, 3, generator=g), torch.randn(32, 5, 3, generator=g)
+    std_p, std_q = torch.rand(32, 5, 3, generator=g) + 0.05, torch.rand(32, 5, 3, generator=g) + 0.05
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean_p, std_p), torch.distributions.Normal(mean_q, std_q)
+    )
+    assert torch.allclose(gaussian_kl(mean_p, std_p, mean_q, std_q), expected, atol=1e-5)
+    assert torch.allclose(gaussian_kl(mean_p, std_p, mean_p, std_p), torch.zeros_like(mean_p), atol=1e-6)
 
 
 def test_ode_step_is_euler():
@@ -214,3 +226,34 @@ def test_log_prob_reductions_crop_to_chunk_and_real_dims():
     assert summed.shape == (2, 1) and torch.equal(summed[:, 0], lp[:, :2, :3].sum((1, 2)))
     with pytest.raises(ValueError, match="per_element"):
         reduce_log_prob(lp, 2, 3, "mean")
+
+
+@pytest.mark.parametrize("kind", ["sde", "noise"])
+def test_chain_kl_to_a_reference_is_the_sum_of_its_stochastic_steps_kls(kind):
+    """KL(p_θ ‖ p_ref) of stored chains: zero against itself; against another policy the sum
+    over the chain's stochastic transitions of torch's Gaussian KL at the stored x_k."""
+    velocity_fn, std_fn = _toy_velocity(seed=6)
+    ref_velocity_fn, ref_std_fn = _toy_velocity(seed=8)
+    K = 4
+    if kind == "sde":
+        mine, theirs = SDEExploration(0.5), SDEExploration(0.5)
+    else:
+        mine, theirs = LearnedNoiseExploration(std_fn), LearnedNoiseExploration(ref_std_fn)
+    chain = sample_chain(velocity_fn, torch.randn(8, 5, 3), K, mine)
+    same = chain_log_prob(velocity_fn, chain.latents, chain.steps, mine, (velocity_fn, mine))
+    assert torch.allclose(same.kl, torch.zeros_like(same.kl), atol=1e-6)
+    assert chain_log_prob(velocity_fn, chain.latents, chain.steps, mine).kl is None
+
+    other = chain_log_prob(velocity_fn, chain.latents, chain.steps, mine, (ref_velocity_fn, theirs))
+    x, expected = chain.latents, torch.zeros(8, 5, 3)
+    for k in chain.steps[0].tolist():
+        t = torch.full((8,), 1 - k / K)
+        steps = []
+        for fn, exploration in ((velocity_fn, mine), (ref_velocity_fn, theirs)):
+            v, h = fn(x[:, k], t)
+            steps.append(torch.distributions.Normal(*exploration.transition(x[:, k], v, h, t, 1 / K)))
+        expected = expected + torch.distributions.kl_divergence(*steps)
+    assert (expected > 0).all()
+    assert torch.allclose(other.kl, expected, atol=1e-5)
+    # The gradient flows into this policy only (the reference is evaluated without one).
+    assert other.kl.requires_grad

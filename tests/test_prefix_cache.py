@@ -9,7 +9,7 @@ from conftest import tiny_pi_module
 from ray.rllib.core.columns import Columns
 
 from rllib_pirl.models.pi0.inputs import train_tiny_tokenizer
-from rllib_pirl.rl_module import LATENTS, LOGP, ROW, STEPS
+from rllib_pirl.rl_module import LATENTS, LOGP, REF_KL, ROW, STEPS
 
 CAMERAS = ["base_camera", "hand_camera"]
 
@@ -70,6 +70,35 @@ def test_cached_prefix_gives_the_losses_and_gradients_of_recomputing_it(tokenize
     assert cached[2].keys() == recomputed[2].keys() and any("gemma_expert" in k for k in cached[2])
     for name, grad in cached[2].items():
         torch.testing.assert_close(grad, recomputed[2][name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("exploration", ["sde", "noise"])
+def test_a_pi0_reference_policy_shares_the_frozen_vlm_and_its_cached_prefix(tokenizer, exploration):
+    """``ref_kl_coeff``'s reference of a π0: a copy of the trainable weights only (the frozen
+    VLM's tensors are the model's own), no prefix computed for it, KL 0 at the starting
+    weights and > 0 on every sample once the action expert moved."""
+    module, batch = make_module(tokenizer, "pi0", exploration)
+    module.keep_reference()
+    reference = module._reference
+    own = {id(p) for p in module.model.parameters()}
+    shared = [p for p in reference.parameters() if id(p) in own]
+    assert shared and all(not p.requires_grad for p in shared)
+    assert {id(p) for p in module.model.parameters() if not p.requires_grad} == {id(p) for p in shared}
+    assert all(not p.requires_grad for p in reference.parameters())
+    module.prepare_train_batch(batch, chunk_size=7, prefix_cache="device")
+    calls = []
+    for model in (module.model, reference):
+        original = model.backbone.prefix
+        model.backbone.prefix = lambda *a, original=original: calls.append(1) or original(*a)
+    out = module.forward_train(batch)
+    assert not calls
+    torch.testing.assert_close(out[REF_KL], torch.zeros(7), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if "gemma_expert" in name and p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    out = module.forward_train(batch)
+    assert (out[REF_KL] > 0).all() and out[REF_KL].requires_grad
 
 
 def test_values_are_computed_once_per_train_batch_in_chunks(tokenizer):

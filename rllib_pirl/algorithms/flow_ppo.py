@@ -69,7 +69,7 @@ class FlowPPOConfig(PPOConfig):
         """PPO's ``training()`` plus the πRL keys (``num_denoise_steps``, ``noise_level``,
         ``noise_std_range``, ``action_chunk``, ``logprob_reduction``, ``inference_x0``,
         ``exploration_x0``, ``value_lr``, ``weight_decay``, ``vf_huber_delta``,
-        ``value_clip_param``, ``micro_batch_size``; see :mod:`rllib_pirl.settings`)."""
+        ``value_clip_param``, ``micro_batch_size``, ``ref_kl_coeff``; see :mod:`rllib_pirl.settings`)."""
         flow = {key: kwargs.pop(key) for key in list(kwargs) if key in FLOW_CONFIG_KEYS}
         super().training(**kwargs)
         for key, value in flow.items():

@@ -23,12 +23,13 @@ from ray.rllib.utils.torch_utils import explained_variance
 
 from rllib_pirl.algorithms.grpo import GroupAdvantages
 from rllib_pirl.algorithms.task_advantages import TaskAdvantages
-from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD, FlowRLModule, num_rows, rows_of
+from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD, REF_KL, FlowRLModule, num_rows, rows_of
 
 CLIP_FRACTION_KEY = "clip_fraction"
 APPROX_KL_KEY = "approx_kl"
 MEAN_ABS_LOGP_KEY = "mean_abs_logp"
 NOISE_STD_KEY = "noise_std"
+REF_KL_KEY = "ref_kl"  # KL(π_θ ‖ π_ref) per action element (ref_kl_coeff > 0)
 
 
 def ppo_surrogate(
@@ -81,7 +82,8 @@ class AddOldValues(ConnectorV2):
 
 
 class FlowPPOTorchLearner(PPOTorchLearner):
-    """Loss = −surrogate + c_v·value loss − c_e·entropy (log-probs in fp32); with
+    """Loss = −surrogate + c_v·value loss − c_e·entropy [+ β·KL(π_θ ‖ π_ref) with
+    ``ref_kl_coeff`` β > 0, π_ref the starting weights] (log-probs in fp32); with
     ``advantage_estimator: grpo`` the advantages are GRPO's (:mod:`.grpo`) and there is no
     value loss; with ``advantage_normalization: task`` GAE's advantages are standardised per
     task (:mod:`.task_advantages`).
@@ -92,6 +94,10 @@ class FlowPPOTorchLearner(PPOTorchLearner):
     @override(PPOTorchLearner)
     def build(self) -> None:
         super().build()
+        if self.config.ref_kl_coeff > 0:  # π_ref: the weights the learner starts from
+            for module in self.module.values():
+                if isinstance(module.unwrapped(), FlowRLModule):
+                    module.unwrapped().keep_reference()
         if self._learner_connector is not None and self.config.add_default_connectors_to_learner_pipeline:
             self._learner_connector.insert_before(
                 GeneralAdvantageEstimation,
@@ -185,6 +191,11 @@ class FlowPPOTorchLearner(PPOTorchLearner):
         total = masked_mean(-surrogate + config.vf_loss_coeff * vf_loss - entropy_coeff * entropy)
         if config.use_kl_loss:
             total = total + self.curr_kl_coeffs_per_module[module_id] * approx_kl
+        anchor = {}
+        if REF_KL in fwd_out:
+            ref_kl = masked_mean(fwd_out[REF_KL])
+            total = total + config.ref_kl_coeff * ref_kl
+            anchor = {REF_KL_KEY: ref_kl}
 
         valid = mask if mask is not None else slice(None)
         critic = {}
@@ -206,6 +217,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                 CLIP_FRACTION_KEY: clip_fraction,
                 MEAN_ABS_LOGP_KEY: masked_mean(fwd_out[LOGP].abs().mean(1)),
                 NOISE_STD_KEY: masked_mean(fwd_out[NOISE_STD]),
+                **anchor,
             },
             weight=float(mask.sum()) if mask is not None else len(advantages),
             targets=targets[valid].detach() if values is not None else None,

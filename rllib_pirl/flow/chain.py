@@ -20,6 +20,7 @@ import torch
 from rllib_pirl.flow.steps import (
     flow_noise_step,
     gaussian_entropy,
+    gaussian_kl,
     gaussian_log_prob,
     ode_step,
     sde_step,
@@ -88,6 +89,7 @@ class Chain:
     # Set by chain_log_prob (the learner) only:
     entropy: torch.Tensor | None = None  # (B, H, D) fp32: mean step entropy ½·log(2πe·std²)
     std: torch.Tensor | None = None  # (B,) fp32: mean std of the stochastic steps
+    kl: torch.Tensor | None = None  # (B, H, D) fp32: Σ over stochastic steps of KL(this ‖ reference)
 
     @property
     def actions(self) -> torch.Tensor:
@@ -150,12 +152,18 @@ def chain_log_prob(
     latents: torch.Tensor,
     steps: torch.Tensor,
     exploration: Exploration,
+    reference: tuple[VelocityFn, Exploration] | None = None,
 ) -> Chain:
     """Recompute the log-prob of stored chains at the current weights.
 
     ``latents`` (B, K+1, H, D) and ``steps`` (B, S) come from :func:`sample_chain`
     (rows may come from different rollout calls, so k* varies per row). Only the S
     stochastic transitions are evaluated: S = 1 for Flow-SDE, S = K for Flow-Noise.
+
+    With a ``reference`` policy (its velocity function and exploration, evaluated without
+    gradient) the chain also gets ``kl`` = Σ_k KL(p_θ(x_{k+1} | x_k) ‖ p_ref(x_{k+1} | x_k))
+    over the same stochastic transitions, elementwise: the per-step terms of the chain rule
+    KL(p_θ(chain) ‖ p_ref(chain)) = Σ_k E[KL of step k] (the prior N(0, I) is shared).
     """
     batch, num_steps = latents.shape[0], latents.shape[1] - 1
     dt = 1.0 / num_steps
@@ -163,7 +171,7 @@ def chain_log_prob(
     rows = torch.arange(batch, device=latents.device)
     steps = steps.long().to(latents.device)
     zeros = torch.zeros(latents[:, 0].shape, dtype=torch.float32, device=latents.device)
-    log_prob, entropy = zeros.clone(), zeros.clone()
+    log_prob, entropy, kl = zeros.clone(), zeros.clone(), zeros.clone()
     std_sum = torch.zeros(batch, dtype=torch.float32, device=latents.device)
     if exploration.includes_prior:
         log_prob = log_prob + _prior_log_prob(latents[:, 0])
@@ -176,8 +184,13 @@ def chain_log_prob(
         log_prob = log_prob + gaussian_log_prob(x_next.float(), mean.float(), std)
         entropy = entropy + gaussian_entropy(std)
         std_sum = std_sum + std.flatten(1).mean(1)
+        if reference is not None:
+            with torch.no_grad():
+                ref_v, ref_hidden = reference[0](x, t)
+                ref_mean, ref_std = reference[1].transition(x, ref_v, ref_hidden, t, dt)
+            kl = kl + gaussian_kl(mean.float(), std, ref_mean.float(), ref_std.float())
     n = max(steps.shape[1], 1)
-    return Chain(latents, steps, log_prob, entropy / n, std_sum / n)
+    return Chain(latents, steps, log_prob, entropy / n, std_sum / n, kl if reference is not None else None)
 
 
 def reduce_log_prob(log_prob: torch.Tensor, action_chunk: int, action_dim: int, reduction: str) -> torch.Tensor:

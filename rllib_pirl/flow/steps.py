@@ -81,6 +81,12 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return -((x - mean) ** 2) / (2.0 * std**2) - torch.log(std) - LOG_SQRT_2PI
 
 
+def gaussian_kl(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor, std_q: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(mean_p, std_p²) ‖ N(mean_q, std_q²))
+    = log(std_q / std_p) + (std_p² + (mean_p − mean_q)²) / (2·std_q²) − ½."""
+    return torch.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2.0 * std_q**2) - 0.5
+
+
 def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
     """Elementwise entropy of N(·, std²): ½·log(2πe·std²)."""
     return 0.5 + LOG_SQRT_2PI + torch.log(std)
