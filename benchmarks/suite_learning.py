@@ -159,20 +159,27 @@ def plot_training(name, window: int = 5):
                 if r["stage"] == "after" and r["algorithm"] in last
             ]
     runs = list(dict.fromkeys(r["algorithm"] for r in rows))
+    # One colour per task in every panel (a run that leaves a task out keeps the others' colours).
+    tasks = sorted({r["task"] for r in rows + during if r["task"] != "all"})
+    colour = {task: plt.get_cmap("tab10")(i % 10) for i, task in enumerate(tasks)}
     fig, axes = plt.subplots(len(runs), 2, figsize=(10, 3.2 * len(runs)), squeeze=False)
     for (ax_s, ax_r), run in zip(axes, runs):
-        for task in dict.fromkeys(r["task"] for r in rows if r["algorithm"] == run):
+        for task in tasks:
             mine = [r for r in rows if r["algorithm"] == run and r["task"] == task]
-            it = np.array([int(r["iteration"]) for r in mine])
-            for ax, key in ((ax_s, "explore_success"), (ax_r, "episode_return")):
-                y = np.convolve([float(r[key]) for r in mine], np.ones(window) / window, mode="valid")
-                (line,) = ax.plot(it[window - 1 :], y, label=task.replace("-v1", ""))
+            short = task.replace("-v1", "")
+            if mine:
+                it = np.array([int(r["iteration"]) for r in mine])
+                for ax, key in ((ax_s, "explore_success"), (ax_r, "episode_return")):
+                    y = np.convolve([float(r[key]) for r in mine], np.ones(window) / window, mode="valid")
+                    ax.plot(it[window - 1 :], y, label=short, color=colour[task])
             points = [r for r in during if r["algorithm"] == run and r["task"] == task]
             if points:
                 x = [int(r["stage"].split()[-1]) for r in points]
                 y = np.array([float(r["success"]) for r in points])
                 err = [y - [float(r["success_lo"]) for r in points], [float(r["success_hi"]) for r in points] - y]
-                ax_s.errorbar(x, y, yerr=err, fmt="o--", color=line.get_color(), ms=4, capsize=2, lw=0.8)
+                ax_s.errorbar(x, y, yerr=err, fmt="o--", color=colour[task], ms=4, capsize=2, lw=0.8)
+                if not mine:  # evaluated, not trained: named in the legend
+                    ax_r.plot([], [], "o--", color=colour[task], label=f"{short} (not trained)")
         ax_s.set_ylabel(f"exploration success\n(mean of {window} iterations)" + ("; o deterministic" if during else ""))
         ax_r.set_ylabel("episode return (pirl)")
         ax_s.set_title(run, fontsize=9)
