@@ -30,7 +30,11 @@ TOLERANCE = 5_000  # env steps: a run's evaluation at iteration 60/120/180 lands
 RECIPES = {
     "Flow-SDE, PPO (flow_sde_pickcube.yaml, 180 iterations)": (
         ["615k", "1.23M", "1.85M"],
-        [("pickcube_one_run", "Flow-SDE, one run"), ("pickcube_one_run", "Flow-SDE, dual clip 3, seed 1")],
+        [
+            ("pickcube_one_run", "Flow-SDE, one run"),
+            ("pickcube_one_run", "Flow-SDE, dual clip 3, seed 1"),
+            ("pickcube_one_run", "Flow-SDE, dual clip 3, seed 2"),
+        ],
     ),
     "Flow-Noise, PPO with dual clip 3 (flow_noise_pickcube.yaml, 200 iterations)": (
         ["615k", "1.23M", "2.05M"],

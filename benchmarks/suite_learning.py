@@ -265,6 +265,7 @@ def main():
                 f"  iter {it + 1}: policy steps {policy_steps}, explore success {per_task}; return {returns}; "
                 f"kl {learner.get('approx_kl', float('nan')):.4f} clip {learner.get('clip_fraction', float('nan')):.3f} "
                 f"vf_ev {learner.get('vf_explained_var', float('nan')):.2f}"
+                + (f" ref_kl {learner['ref_kl']:.4f}" if "ref_kl" in learner else "")
                 + (f"; groups trained/completed {trained}" if trained else "")
                 + f" ({time.time() - start:.0f} s)",
                 flush=True,
