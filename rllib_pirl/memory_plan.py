@@ -5,10 +5,12 @@ From the architecture (:class:`PiConfig`) and the run's keys, in bytes (c = 2 in
 chunk_size (+ π0's state token) suffix tokens; w, m, H·d, kv·d the expert's width, MLP width,
 query and key/value widths)::
 
-    learner     = weights + optimizer + prefix cache + max(activations, value pass)
+    learner     = weights + optimizer [+ reference] + prefix cache + max(activations, value pass)
       weights      frozen parameters × c_frozen + trainable × 4 (fp32 master weights)
                    (+ trainable × 2 in bf16: autocast's bf16 copies)
       optimizer    trainable × (4 gradient + 8 AdamW moments)
+      reference    with ref_kl_coeff > 0: the trainable weights again (the frozen ones are
+                   shared), trainable × (4 + 2 in bf16)
       prefix cache rows per learner × kv            (prefix_cache: device; else 0)
                    kv = 2·L·(kv·d)·P·c + P·W_vlm·c
       activations  2.2 × micro-batch × passes × L × layer  (passes: 1 for Flow-SDE's one
@@ -81,6 +83,7 @@ class RunShape:
     num_envs: int = 64  # num_envs_per_env_runner
     num_cameras: int = 2
     train_expert_only: bool = True
+    reference: bool = False  # ref_kl_coeff > 0: the learner keeps a copy of the trainable weights
 
 
 def _sizes(config: PiConfig, run: RunShape) -> dict[str, float]:
@@ -137,6 +140,7 @@ def memory_plan(config: PiConfig, run: RunShape) -> MemoryPlan:
     learner = {
         "weights": weights / GIB,
         "optimizer": trainable * 12 / GIB,
+        **({"reference": trainable * (4 + (2 if bf16 else 0)) / GIB} if run.reference else {}),
         "prefix cache": cache / GIB,
         "activations": ACTIVATION_PEAK * run.micro_batch * passes * config.expert.depth * s["layer"] / GIB,
         "value pass": run.value_chunk_size * (s["temporaries"] + (0 if cache else s["kv"])) / GIB,
@@ -152,6 +156,7 @@ REMEDIES = {
     "value pass": "lower value_chunk_size",
     "weights": "use dtype: bfloat16",
     "optimizer": "keep train_expert_only (the default)",
+    "reference": "set ref_kl_coeff: 0 (no reference policy kept) or keep train_expert_only",
     "rollout": "lower num_envs_per_env_runner",
 }
 
@@ -205,6 +210,7 @@ def run_shape_of(algo_config) -> RunShape:
         num_envs=algo_config.num_envs_per_env_runner,
         num_cameras=len(kwargs["camera_keys"]) if kwargs.get("camera_keys") else 2,
         train_expert_only=kwargs.get("train_expert_only", True),
+        reference=algo_config.ref_kl_coeff > 0,
     )
 
 

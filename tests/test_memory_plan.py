@@ -41,6 +41,11 @@ def test_plan_parts_follow_the_keys():
     assert memory_plan(config, RunShape(micro_batch=8, prefix_cache="cpu")).learner["prefix cache"] == 0
     fp32 = memory_plan(config, RunShape(micro_batch=8, dtype="float32"))
     assert fp32.learner["weights"] > 1.5 * base.learner["weights"]
+    counts = parameter_counts(config)
+    anchored = memory_plan(config, RunShape(micro_batch=8, reference=True))  # ref_kl_coeff > 0
+    assert anchored.learner["reference"] == pytest.approx((counts["expert"] + counts["projections"]) * 6 / 2**30)
+    assert anchored.learner_total == pytest.approx(base.learner_total + anchored.learner["reference"])
+    assert "reference" not in base.learner
     errors = plan_errors(base, gpu_gib=16, learner_share=1, runner_share=0.5)
     assert len(errors) == 2 and "too much" in errors[0] and "num_gpus_per_env_runner=0.5" in errors[1]
 
