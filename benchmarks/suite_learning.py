@@ -16,6 +16,8 @@ the first evaluation when another run of the same start made it (same seeds, sam
 iterations on ``--eval-episodes`` per task (the first of the same seeds), into
 ``NAME_during.csv``: drawn beside the exploration success in ``NAME_train.png``, it shows when a
 task's deterministic success moves and how far it is from the exploring policy's.
+``--restore DIR`` continues a run that ``--save DIR`` wrote (same ``--example`` and ``--config``;
+its iterations are numbered on from the save's, so give the continued part its own ``--label``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import time
 
 from pickcube_learning import build_example_algo, write
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from rllib_pirl.evaluation import EvalResult, evaluate, evaluation_env_makers
 
@@ -167,7 +170,7 @@ def plot_training(name, window: int = 5):
         for task in tasks:
             mine = [r for r in rows if r["algorithm"] == run and r["task"] == task]
             short = task.replace("-v1", "")
-            if mine:
+            if len(mine) >= window:  # (a run shorter than the window draws its evaluations only)
                 it = np.array([int(r["iteration"]) for r in mine])
                 for ax, key in ((ax_s, "explore_success"), (ax_r, "episode_return")):
                     y = np.convolve([float(r[key]) for r in mine], np.ones(window) / window, mode="valid")
@@ -212,6 +215,11 @@ def main():
         help="also evaluate before training and every N iterations (--eval-episodes per task) into NAME_during.csv",
     )
     p.add_argument("--eval-episodes", type=int, default=20, help="episodes per task of each --eval-every evaluation")
+    p.add_argument(
+        "--restore",
+        help="continue the algorithm checkpoint a run saved with --save (same --example and --config; "
+        "iterations are numbered on from its own, so give the continued part its own --label)",
+    )
     p.add_argument("--plot-only", action="store_true", help="only redraw the PNG from the CSV")
     args = p.parse_args()
     if args.eval_every < 0 or args.eval_episodes < 1:
@@ -222,14 +230,21 @@ def main():
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_suite.yaml)")
+    if args.restore and not os.path.isfile(os.path.join(args.restore, "rllib_checkpoint.json")):
+        p.error(f"--restore {args.restore}: not an algorithm checkpoint (no rllib_checkpoint.json; --save writes one)")
     spec, algo = build_example_algo(args.example, overrides=args.config)
     label = args.label or spec["run"]
     envs = [make() for make in evaluation_env_makers(spec["env"], dict(algo.config.env_config))]
-    start, policy_steps = time.time(), 0
+    start, policy_steps, first = time.time(), 0, 0
     try:
-        if not args.no_before:
+        if args.restore:  # weights, optimizer, counters; the ref_kl_coeff anchor stays the SFT start
+            algo.restore_from_path(os.path.abspath(args.restore))
+            first = algo.iteration
+            policy_steps = int(algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0))
+            print(f"continuing from {args.restore}: iteration {first}, {policy_steps} policy steps", flush=True)
+        if not args.no_before and not args.restore:
             evaluate_tasks(algo.get_module(), envs, args.episodes, "SFT", "before", 0, 0, args.results)
-        for it in range(args.iterations):
+        for it in range(first, first + args.iterations):
             if args.eval_every and it % args.eval_every == 0:
                 evaluate_tasks(
                     algo.get_module(),
