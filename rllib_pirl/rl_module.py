@@ -134,8 +134,10 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         bounds = torch.tensor(self.noise_std_range, dtype=torch.float32, device=device)
         return {NOISE_RANGE: bounds.expand(b, 2).clone()}
 
-    def _velocity_fn(self, context):
-        return lambda x, t: self.model.velocity(context, x, t)
+    def _velocity_fn(self, context, model=None):
+        """v(x, t) of ``model`` (default: this module's; the reference policy's for its KL)."""
+        model = model if model is not None else self.model
+        return lambda x, t: model.velocity(context, x, t)
 
     def _x0(self, batch_size, zeros: bool):
         """x_0 of a chain: latents are fp32 whatever the transformer's dtype (bf16 π0)."""
@@ -211,7 +213,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         if not self.model.frozen_encoding:  # a frozen encoding (π0's prefix) is the reference's too
             with torch.no_grad():
                 context = reference.encode(batch[Columns.OBS])
-        return (lambda x, t: reference.velocity(context, x, t)), self.exploration(batch, reference)
+        return self._velocity_fn(context, reference), self.exploration(batch, reference)
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None):
         if embeddings is None:
