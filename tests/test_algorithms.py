@@ -237,6 +237,20 @@ def test_ref_kl_anchors_the_policy_to_its_starting_weights(ray_session, tmp_path
         again.stop()
 
 
+def test_ref_kl_on_a_learner_built_without_a_reference_is_a_clear_error(ray_session):
+    """A learner built with ``ref_kl_coeff`` 0 kept no π_ref: raising β on it later (its config
+    edited in place) must say so, not train without the anchor."""
+    algo = tiny_config(FlowSDEConfig).build_algo()
+    try:
+        learner = algo.learner_group._learner
+        learner.config._is_frozen = False
+        learner.config.ref_kl_coeff = 1.0
+        with pytest.raises(ValueError, match="keeps no reference policy"):
+            algo.train()
+    finally:
+        algo.stop()
+
+
 def test_dual_clip_bounds_the_surrogate_of_bad_actions_only():
     """Hand-made ratios 0.5, 1, 5 (ε = 0.2, c = 3): with A = −1 the ratio 5 counts −3, not −5,
     and gives no gradient; with A = +1 nothing changes."""

@@ -192,6 +192,12 @@ class FlowPPOTorchLearner(PPOTorchLearner):
         if config.use_kl_loss:
             total = total + self.curr_kl_coeffs_per_module[module_id] * approx_kl
         anchor = {}
+        if config.ref_kl_coeff > 0 and REF_KL not in fwd_out:
+            raise ValueError(
+                f"ref_kl_coeff is {config.ref_kl_coeff} but module {module_id!r} keeps no reference policy: "
+                "it is kept when the learner is built with ref_kl_coeff > 0 (the weights it starts from). "
+                "Set ref_kl_coeff > 0 in the config the algorithm is built with (not on a running one)."
+            )
         if REF_KL in fwd_out:
             ref_kl = masked_mean(fwd_out[REF_KL])
             total = total + config.ref_kl_coeff * ref_kl
