@@ -171,7 +171,8 @@ def chain_log_prob(
     rows = torch.arange(batch, device=latents.device)
     steps = steps.long().to(latents.device)
     zeros = torch.zeros(latents[:, 0].shape, dtype=torch.float32, device=latents.device)
-    log_prob, entropy, kl = zeros.clone(), zeros.clone(), zeros.clone()
+    log_prob, entropy = zeros.clone(), zeros.clone()
+    kl = zeros.clone() if reference is not None else None
     std_sum = torch.zeros(batch, dtype=torch.float32, device=latents.device)
     if exploration.includes_prior:
         log_prob = log_prob + _prior_log_prob(latents[:, 0])
@@ -190,7 +191,7 @@ def chain_log_prob(
                 ref_mean, ref_std = reference[1].transition(x, ref_v, ref_hidden, t, dt)
             kl = kl + gaussian_kl(mean.float(), std, ref_mean.float(), ref_std.float())
     n = max(steps.shape[1], 1)
-    return Chain(latents, steps, log_prob, entropy / n, std_sum / n, kl if reference is not None else None)
+    return Chain(latents, steps, log_prob, entropy / n, std_sum / n, kl)
 
 
 def reduce_log_prob(log_prob: torch.Tensor, action_chunk: int, action_dim: int, reduction: str) -> torch.Tensor:
