@@ -6,7 +6,8 @@ For the first session that is lent a GPU (one H100/H200, 16 CPU cores, ≤ 8 min
   tiny tokenizer: the vocabulary stays real), Flow-SDE and Flow-Noise, one learner and one
   env runner sharing the GPU as in ``tuned_examples/pi0_maniskill_1gpu.yaml``, PickCube rgb
   224 px with 64 envs (and 320 for π0 Flow-SDE; π0.5 Flow-Noise only with ``--only``
-  pi05-noise-64): the second of two iterations — peak GPU
+  pi05-noise-64; π0 Flow-SDE with ``ref_kl_coeff`` 0.25, the learner holding the reference
+  policy, only with ``--only`` pi0-sde-64-refkl): the second of two iterations — peak GPU
   memory of the learner and of the env runner, learner samples/s, rollout env steps/s
   (policy steps × chunk), build time;
 - ``maniskill``: ManiSkill's GPU backend alone with 320 envs (state, rgb): env steps/s with
@@ -40,12 +41,13 @@ from rllib_pirl.models.pi0 import PiConfig
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(REPO, "checkpoints", "tiny_tokenizer.model")
 CHUNK = 5
-ITERATION_CASES = [  # (variant, algorithm, envs, in the default set)
-    ("pi0", "sde", 64, True),
-    ("pi0", "noise", 64, True),
-    ("pi05", "sde", 64, True),
-    ("pi05", "noise", 64, False),
-    ("pi0", "sde", 320, True),
+ITERATION_CASES = [  # (variant, algorithm, envs, ref_kl_coeff, in the default set)
+    ("pi0", "sde", 64, 0.0, True),
+    ("pi0", "noise", 64, 0.0, True),
+    ("pi05", "sde", 64, 0.0, True),
+    ("pi05", "noise", 64, 0.0, False),
+    ("pi0", "sde", 320, 0.0, True),
+    ("pi0", "sde", 64, 0.25, False),  # the learner keeps π_ref (the suite example's anchor)
 ]
 
 
@@ -63,7 +65,7 @@ def reset_peak_memory(*_) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def iteration_config(variant: str, algorithm: str, num_envs: int, tiny: bool):
+def iteration_config(variant: str, algorithm: str, num_envs: int, tiny: bool, ref_kl: float = 0.0):
     gpu = not tiny
     steps = 4  # policy steps per env per iteration
     cls = FlowSDEConfig if algorithm == "sde" else FlowNoiseConfig
@@ -90,6 +92,7 @@ def iteration_config(variant: str, algorithm: str, num_envs: int, tiny: bool):
             minibatch_size=envs_per_runner * steps,
             num_epochs=1,
             micro_batch_size=1 if tiny else 8,
+            ref_kl_coeff=ref_kl,
         )
         .env_runners(
             num_env_runners=1,
@@ -115,9 +118,9 @@ def iteration_config(variant: str, algorithm: str, num_envs: int, tiny: bool):
     )
 
 
-def iteration_row(variant: str, algorithm: str, num_envs: int, tiny: bool) -> dict:
+def iteration_row(variant: str, algorithm: str, num_envs: int, tiny: bool, ref_kl: float = 0.0) -> dict:
     start = time.perf_counter()
-    algo = iteration_config(variant, algorithm, num_envs, tiny).build_algo()
+    algo = iteration_config(variant, algorithm, num_envs, tiny, ref_kl).build_algo()
     build_s = time.perf_counter() - start
     try:
         algo.train()  # warm-up: first resets, kernels
@@ -165,9 +168,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(1 if args.tiny else 4)
     only = {name for name in args.only.split(",") if name}
     rows = []
-    for variant, algorithm, num_envs, default in ITERATION_CASES:
-        run = functools.partial(iteration_row, variant, algorithm, num_envs, args.tiny)
-        rows.append((f"{variant}-{algorithm}-{num_envs}", run, default))
+    for variant, algorithm, num_envs, ref_kl, default in ITERATION_CASES:
+        run = functools.partial(iteration_row, variant, algorithm, num_envs, args.tiny, ref_kl)
+        rows.append((f"{variant}-{algorithm}-{num_envs}" + ("-refkl" * (ref_kl > 0)), run, default))
     for obs_mode in ("state", "rgb"):
         rows.append(
             (
