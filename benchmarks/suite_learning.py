@@ -99,8 +99,10 @@ def write_train_rows(label, iteration, policy_steps, wall_s, runners, name):
     write(rows, f"{name}_train", TRAIN_FIELDS)
 
 
-def plot(name):
-    """Redraw NAME.png from NAME.csv: per-task success before/after RL, 95% intervals."""
+def plot(name, runs: dict[str, str] | None = None, png: str | None = None):
+    """Redraw NAME.png from NAME.csv: per-task success before/after RL, 95% intervals. With
+    ``runs`` ({run label: name shown}) only the SFT start and those runs' final evaluations, into
+    ``png``.png (the training rows' picture is left as it is)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,6 +113,11 @@ def plot(name):
         rows = list(csv.DictReader(f))
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     bars = list(dict.fromkeys((r["algorithm"], r["stage"]) for r in rows))
+    if runs:
+        missing = [label for label in runs if (label, "after") not in bars]
+        if missing:
+            raise SystemExit(f"--run: no final evaluation of {missing} in {name}.csv")
+        bars = [("SFT", "before")] + [(label, "after") for label in runs]
     width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(9, 4))
     for j, (algo, stage) in enumerate(bars):
@@ -122,7 +129,8 @@ def plot(name):
                 for i, t in enumerate(tasks)
             ]
         ).T
-        ax.bar(np.arange(len(tasks)) + (j - (len(bars) - 1) / 2) * width, y, width, yerr=err, label=f"{algo} {stage}")
+        shown = runs[algo] if runs and algo in runs else f"{algo} {stage}"
+        ax.bar(np.arange(len(tasks)) + (j - (len(bars) - 1) / 2) * width, y, width, yerr=err, label=shown)
     ax.set_xticks(np.arange(len(tasks)), [t.replace("-v1", "") for t in tasks], rotation=20)
     ax.set_ylabel("success rate (deterministic policy)")
     ax.set_ylim(0, 1)
@@ -130,8 +138,9 @@ def plot(name):
     ax.legend(fontsize=8)
     ax.set_title("ManiSkill suite (state + task id), before and after RL, 2 CPU cores")
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, f"{name}.png"), dpi=110)
-    plot_training(name)
+    fig.savefig(os.path.join(RESULTS, f"{png or name}.png"), dpi=110)
+    if not runs:
+        plot_training(name)
 
 
 def plot_training(name, window: int = 5):
@@ -221,12 +230,22 @@ def main():
         "iterations are numbered on from its own, so give the continued part its own --label)",
     )
     p.add_argument("--plot-only", action="store_true", help="only redraw the PNG from the CSV")
+    p.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        help="with --plot-only: draw only the SFT start and this run's final evaluation, 'LABEL' or "
+        "'LABEL=name shown' (repeatable), into --png",
+    )
+    p.add_argument("--png", help="with --run: the PNG name in benchmarks/results")
     args = p.parse_args()
     if args.eval_every < 0 or args.eval_episodes < 1:
         p.error("--eval-every must be ≥ 0 (0: none) and --eval-episodes ≥ 1")
     os.makedirs(RESULTS, exist_ok=True)
+    if args.run and not (args.plot_only and args.png):
+        p.error("--run draws a selection: give it with --plot-only and --png NAME")
     if args.plot_only:
-        plot(args.results)
+        plot(args.results, dict(r.split("=", 1) if "=" in r else (r, r) for r in args.run) or None, args.png)
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_suite.yaml)")
