@@ -41,6 +41,7 @@ RECIPES = {
         [
             ("pickcube_one_run", "Flow-Noise, dual clip 3, seed 1"),
             ("pickcube_one_run", "Flow-Noise, dual clip 3, seed 2"),
+            ("pickcube_one_run", "Flow-Noise, dual clip 3, seed 3"),
         ],
     ),
     "Flow-SDE, GRPO (flow_sde_pickcube_grpo.yaml, 180 iterations)": (
