@@ -32,9 +32,8 @@ import traceback
 
 import ray
 import torch
-from iteration_timers import train_timed
 from maniskill_rollout import raw_steps_per_s, rllib_steps_per_s
-from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER, TIMERS
 
 from rllib_pirl import FlowNoiseConfig, FlowSDEConfig
 from rllib_pirl.models.pi0 import PiConfig
@@ -127,16 +126,17 @@ def iteration_row(variant: str, algorithm: str, num_envs: int, tiny: bool, ref_k
         algo.train()  # warm-up: first resets, kernels
         algo.learner_group.foreach_learner(reset_peak_memory)
         algo.env_runner_group.foreach_env_runner(reset_peak_memory, local_env_runner=False)
-        result, seconds = train_timed(algo)  # this iteration's own times (RLlib's timers are averages)
+        result = algo.train()
         learner = result["learners"]["default_policy"]
+        timers = result[TIMERS]  # this iteration's own seconds (FlowPPO.training_step)
         policy_steps = result[ENV_RUNNER_RESULTS]["num_env_steps_sampled"]
         learner_peak = [r.get() for r in algo.learner_group.foreach_learner(peak_memory_gib).result_or_errors]
         runner_peak = algo.env_runner_group.foreach_env_runner(peak_memory_gib, local_env_runner=False)
         return {
             "learner GiB": max(learner_peak),
             "env runner GiB": max(runner_peak),
-            "learner samples/s": learner["num_module_steps_trained"] / seconds["update"],
-            "env steps/s": policy_steps * CHUNK / seconds["sampling"],
+            "learner samples/s": learner["num_module_steps_trained"] / timers[LEARNER_UPDATE_TIMER],
+            "env steps/s": policy_steps * CHUNK / timers[ENV_RUNNER_SAMPLING_TIMER],
             "build s": build_s,
         }
     finally:

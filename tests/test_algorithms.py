@@ -251,6 +251,24 @@ def test_ref_kl_on_a_learner_built_without_a_reference_is_a_clear_error(ray_sess
         algo.stop()
 
 
+def test_timers_report_the_iterations_own_seconds(ray_session):
+    """RLlib keeps ``timers/`` as moving averages (coefficient 0.01): a 1000 s value logged
+    after the first iteration would then dominate the second's. FlowPPO reports each
+    iteration's own sampling and update time, within that iteration's wall time."""
+    from ray.rllib.utils.metrics import ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER, TIMERS
+
+    algo = tiny_config(FlowSDEConfig).build_algo()
+    try:
+        algo.train()
+        for timer in (ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER):
+            algo.metrics.log_value((TIMERS, timer), 1000.0)
+        result = algo.train()
+        timers = result[TIMERS]
+        assert 0 < timers[ENV_RUNNER_SAMPLING_TIMER] + timers[LEARNER_UPDATE_TIMER] <= result["time_this_iter_s"]
+    finally:
+        algo.stop()
+
+
 def test_dual_clip_bounds_the_surrogate_of_bad_actions_only():
     """Hand-made ratios 0.5, 1, 5 (ε = 0.2, c = 3): with A = −1 the ratio 5 counts −3, not −5,
     and gives no gradient; with A = +1 nothing changes."""

@@ -292,6 +292,12 @@ class FlowPPO(PPO):
 
     @override(PPO)
     def training_step(self) -> None:
+        """PPO's step with the noise schedule applied first. The step's timers (``timers/``
+        sampling, learner update, weight sync) report this iteration's own seconds: RLlib logs
+        them as moving averages with coefficient 0.01, which would hold ~99% of the first
+        (warm-up) iteration's time for dozens of iterations."""
+        for timer in (ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER, SYNCH_WORKER_WEIGHTS_TIMER):
+            self.metrics.delete(TIMERS, timer, key_error=False)
         steps = schedule_steps(self.metrics)
         level, std_range = self.config.module_settings().noise_at(steps)
         self.env_runner_group.foreach_env_runner(
