@@ -173,7 +173,8 @@ def build_example_algo(example: str, seed: int | None = None, overrides: dict | 
     in tuned_examples/ or a path), with its training ``seed`` and the config keys of
     ``overrides`` replaced when given; returns ``(spec, algo)``."""
     torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():  # a second example in the same process shares it
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     name, spec = load_example(example)
     if seed is not None:
         spec["config"]["seed"] = seed
