@@ -192,12 +192,12 @@ def save_progress(algo, folder: str, progress: dict) -> None:
     os.replace(tmp, os.path.join(folder, "progress.json"))
 
 
-def drop_rows_from(name: str, label: str, iteration: int) -> None:
+def drop_rows_from(name: str, label: str, iteration: int) -> list[dict]:
     """Remove the rows of run ``label`` at ``iteration`` or later from ``NAME.csv``: what a
-    continued run makes again (it restarts at its last save)."""
+    continued run makes again (it restarts at its last save). Returns the rows kept."""
     path = os.path.join(RESULTS, f"{name}.csv")
     if not os.path.exists(path):
-        return
+        return []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames, list(reader)
@@ -207,15 +207,7 @@ def drop_rows_from(name: str, label: str, iteration: int) -> None:
         writer.writeheader()
         writer.writerows(kept)
     os.replace(path + ".tmp", path)
-
-
-def has_row(name: str, label: str, iteration: int) -> bool:
-    """Whether ``NAME.csv`` holds an evaluation row of run ``label`` at ``iteration``."""
-    path = os.path.join(RESULTS, f"{name}.csv")
-    if not os.path.exists(path):
-        return False
-    with open(path, newline="") as f:
-        return any(r["algorithm"] == label and int(r["iteration"]) == iteration for r in csv.DictReader(f))
+    return kept
 
 
 def read_progress(folder: str | None) -> dict | None:
@@ -272,8 +264,8 @@ def main():
         )
         start -= resumed["wall_s"]
         # evaluation rows after the save; the save's own is kept when the run made it before it stopped
-        drop_rows_from(args.results, label, first + 1)
-        save_evaluated = has_row(args.results, label, first)
+        kept = drop_rows_from(args.results, label, first + 1)
+        save_evaluated = any(r["algorithm"] == label and int(r["iteration"]) == first for r in kept)
         drop_rows_from(f"{args.results}_train", label, first + 1)  # training rows after the save
         print(f"resumed {label!r} at iteration {first} from {args.checkpoint}", flush=True)
     env = make_maniskill_env(dict(algo.config.env_config))
