@@ -136,6 +136,32 @@ def tiny_pi_config(args) -> dict:
     return config
 
 
+def check_sft_resume(args) -> None:
+    """``--resume`` and the training state in ``--out`` agree (before any demo is read): an
+    unfinished SFT is neither overwritten silently nor continued with other options."""
+    from rllib_pirl.sft import SFT_STATE, saved_sft_setup
+
+    if args.save_every < 1:
+        raise UsageError(f"--save-every must be >= 1, got {args.save_every}")
+    saved = saved_sft_setup(args.out)
+    if saved and not args.resume:
+        raise UsageError(
+            f"--out {args.out} holds an unfinished SFT (saved after step {saved['step']}/{saved['steps']} in "
+            f"{SFT_STATE}): add --resume to continue it, or choose another --out."
+        )
+    if args.resume and not saved:
+        raise UsageError(f"--resume: no unfinished SFT in --out {args.out} (no {SFT_STATE}); run without --resume.")
+    if args.resume:
+        now = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+        now["image_shift"] = args.image_shift
+        changed = {k: (saved[k], v) for k, v in now.items() if saved[k] != v}
+        if changed:
+            raise UsageError(
+                f"--resume: the SFT in {args.out} was started with other options ((saved, now): {changed}); "
+                "rerun with the options it was started with."
+            )
+
+
 def cmd_sft(args) -> int:
     import torch
 
@@ -159,6 +185,7 @@ def cmd_sft(args) -> int:
         )
     if pi and args.tokenizer and not os.path.isfile(args.tokenizer):
         raise UsageError(f"--tokenizer {args.tokenizer}: no such file.")
+    check_sft_resume(args)
     demos, tasks, camera_size = load_sft_demos(
         args.demos,
         with_cameras=pi,
@@ -170,6 +197,7 @@ def cmd_sft(args) -> int:
     )
     metadata = {"command": "rllib " + " ".join(args.argv), "demo_counts": demo_counts(demos)}
     common = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    common |= {"save_every": args.save_every, "resume": args.resume}
     if pi:
         train_pi_sft(
             demos,
@@ -353,6 +381,18 @@ def make_parser() -> argparse.ArgumentParser:
     sf.add_argument("--hidden", default="256,256,256", help="velocity MLP widths (default 256,256,256)")
     sf.add_argument("--seed", type=int, default=0)
     sf.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    sf.add_argument(
+        "--save-every",
+        type=int,
+        default=1000,
+        help="save the training state (weights, optimizer, random streams) in --out every this many steps "
+        "(default 1000); the finished checkpoint replaces it",
+    )
+    sf.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished SFT in --out from its last save, with the options it was started with",
+    )
     sf.add_argument(
         "--model",
         default="state",

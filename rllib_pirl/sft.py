@@ -13,6 +13,7 @@ that a yaml names as the RL starting point: ``model_config: {init_checkpoint: DI
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 
@@ -78,6 +79,61 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> 
     return padded.gather(3, cols).permute(0, 2, 3, 1).to(images.dtype)
 
 
+SFT_STATE = "sft_state.pt"
+
+
+def save_sft_state(path: str, step: int, setup: dict, model, optimizer, schedule, rng, generator) -> None:
+    """Everything :func:`fit` needs to continue after ``step`` (weights, optimizer and schedule,
+    the minibatch / noise / shift random streams), written atomically to ``path``."""
+    state = {
+        "step": step,
+        "setup": setup,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "rng": rng.bit_generator.state,
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def saved_sft_setup(out: str) -> dict | None:
+    """The setup (and ``step``) of the unfinished SFT whose training state is in ``out``; None
+    when there is none."""
+    path = os.path.join(out, SFT_STATE)
+    if not os.path.isfile(path):
+        return None
+    state = torch.load(path, weights_only=False)
+    return {**state["setup"], "step": state["step"]}
+
+
+def load_sft_state(path: str, setup: dict, model, optimizer, schedule, rng, generator) -> int:
+    """Restore what :func:`save_sft_state` wrote into the freshly built ``model`` & co.; returns
+    the step it was saved after. A different setup (steps, batch, lr, seed, shift, data, model
+    size) is refused: the continued run would not be the run that was started."""
+    from rllib_pirl.errors import UsageError
+
+    state = torch.load(path, weights_only=False)
+    changed = {k: (state["setup"].get(k), v) for k, v in setup.items() if state["setup"].get(k) != v}
+    if changed:
+        raise UsageError(
+            f"{path} was saved by a different SFT ((saved, now): {changed}): rerun with the options it was started "
+            "with, or start afresh in another --out."
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UsageError(f"{path} holds a model of another size than this one (--pi-config / --hidden?): {e}") from None
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    rng.bit_generator.state = state["rng"]
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
+
+
 def fit(
     model,
     data: dict[str, torch.Tensor],
@@ -87,13 +143,18 @@ def fit(
     seed: int,
     log_every: int,
     image_shift: int = 0,
+    state_path: str | None = None,
+    save_every: int = 1000,
+    resume: bool = False,
 ):
     """Minimise the flow-matching loss over random minibatches (AdamW, cosine decay);
     the RL heads (value, noise) and frozen parameters are left alone. ``image_shift``:
     camera images ((B, H, W, 3) uint8 entries) get :func:`random_shift` by up to that
-    many px in each minibatch."""
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    many px in each minibatch. ``state_path``: every ``save_every`` steps the training state
+    is saved there (:func:`save_sft_state`); ``resume`` continues from it, and the steps
+    then taken are the ones the uninterrupted run would have taken."""
+    if steps < 1 or batch_size < 1 or save_every < 1:
+        raise ValueError(f"steps, batch_size and save_every must be >= 1, got {steps}, {batch_size}, {save_every}")
     if image_shift < 0:
         raise ValueError(f"image_shift must be >= 0, got {image_shift}")
     rng = np.random.default_rng(seed)
@@ -104,9 +165,14 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
+    setup = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "image_shift": image_shift, "pairs": n}
+    done = 0
+    if resume:
+        done = load_sft_state(state_path, setup, model, optimizer, schedule, rng, generator)
+        print(f"[sft] resumed from {state_path} after step {done}/{steps}", flush=True)
     model.train()
     start, running = time.time(), []
-    for step in range(1, steps + 1):
+    for step in range(done + 1, steps + 1):
         idx = torch.from_numpy(rng.integers(0, n, batch_size))
         obs = {k: v[idx] for k, v in data.items() if k != "actions"}
         for cam in cameras:
@@ -120,7 +186,16 @@ def fit(
         if step % log_every == 0 or step == steps:
             print(f"[sft] step {step}/{steps}  loss {np.mean(running):.4f}  ({time.time() - start:.0f} s)", flush=True)
             running = []
+        if state_path and step % save_every == 0 and step < steps:
+            save_sft_state(state_path, step, setup, model, optimizer, schedule, rng, generator)
     model.eval()
+
+
+def _state_options(out: str, save_every: int, resume: bool) -> dict:
+    """fit's options that keep its training state in the checkpoint folder ``out`` (the final
+    checkpoint replaces the folder, state included)."""
+    os.makedirs(out, exist_ok=True)
+    return {"state_path": os.path.join(out, SFT_STATE), "save_every": save_every, "resume": resume}
 
 
 def _describe(demos, tasks, data, chunk, steps, batch_size) -> None:
@@ -147,8 +222,11 @@ def train_sft(
     seed: int = 0,
     log_every: int = 1000,
     metadata: dict | None = None,
+    save_every: int = 1000,
+    resume: bool = False,
 ) -> StateFlowPolicy:
-    """Train a state flow policy by flow matching and write the checkpoint folder ``out``."""
+    """Train a state flow policy by flow matching and write the checkpoint folder ``out``
+    (``save_every`` / ``resume``: :func:`fit`'s training state, kept in ``out`` until the end)."""
     if not demos:
         raise ValueError("No demonstrations to train on.")
     if chunk < 1:
@@ -168,7 +246,7 @@ def train_sft(
         model.action_mean.copy_(torch.tensor(stats["actions"]["mean"]))
         model.action_std.copy_(torch.tensor(stats["actions"]["std"]))
     _describe(demos, tasks, data, chunk, steps, batch_size)
-    fit(model, data, steps, batch_size, lr, seed, log_every)
+    fit(model, data, steps, batch_size, lr, seed, log_every, **_state_options(out, save_every, resume))
     info = {"tasks": list(tasks), "chunk": chunk, "num_demos": len(demos), "steps": steps, "seed": seed}
     save_model(model, out, metadata={**info, **(metadata or {})})
     print(f"[sft] wrote {out}", flush=True)
@@ -192,6 +270,8 @@ def train_pi_sft(
     train_vlm: bool = True,
     image_shift: int = 0,
     metadata: dict | None = None,
+    save_every: int = 1000,
+    resume: bool = False,
 ):
     """Train π0 / π0.5 by flow matching on demos with camera images (:func:`render_demos`,
     LIBERO's files) and write a checkpoint folder in the lerobot layout. Instructions: given,
@@ -200,7 +280,8 @@ def train_pi_sft(
     ``chunk_size``; statistics (mean/std, q01/q99) come from the demos. ``train_vlm``:
     train the VLM too (needed from random weights); the checkpoint is written with
     ``train_expert_only`` on, the RL default. ``image_shift``: random-shift augmentation of
-    the camera images by up to that many px (:func:`random_shift`; 0: none)."""
+    the camera images by up to that many px (:func:`random_shift`; 0: none). ``save_every`` /
+    ``resume``: :func:`fit`'s training state, kept in ``out`` until the checkpoint is written."""
     from rllib_pirl.envs import ENVS
     from rllib_pirl.models.pi0 import PiConfig, PiPolicy
 
@@ -239,7 +320,8 @@ def train_pi_sft(
         data = chunk_dataset(demos, tasks, chunk, state_dim)
         model = PiPolicy(config, norm_stats=norm_stats(data), **kwargs)
     _describe(demos, tasks, data, chunk, steps, batch_size)
-    fit(model, data, steps, batch_size, lr, seed, log_every, image_shift=image_shift)
+    state = _state_options(out, save_every, resume)
+    fit(model, data, steps, batch_size, lr, seed, log_every, image_shift=image_shift, **state)
     info = {"tasks": list(tasks), "chunk": chunk, "num_demos": len(demos), "steps": steps, "seed": seed}
     info["image_shift"] = image_shift
     model.init_kwargs["train_expert_only"] = True  # RL fine-tunes the expert (πRL's default)

@@ -167,3 +167,33 @@ def test_pi_config_changes_only_the_fields_it_names():
     config, tiny = tiny_pi_config(args), PiConfig.tiny("pi0", chunk_size=5).to_dict()
     assert config["expert"] == {**tiny["expert"], "width": 128, "mlp_dim": 256}
     assert {k: v for k, v in config.items() if k != "expert"} == {k: v for k, v in tiny.items() if k != "expert"}
+
+
+def test_an_unfinished_sft_is_neither_overwritten_nor_continued_with_other_options(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from rllib_pirl.models import StateFlowPolicy
+    from rllib_pirl.sft import SFT_STATE, save_sft_state
+
+    out = tmp_path / "out"
+    out.mkdir()
+    model = StateFlowPolicy(obs_dim=3, horizon=2, action_dim=2, hidden_sizes=(8,))
+    optimizer = torch.optim.AdamW(model.parameters())
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    setup = {"steps": 100, "batch_size": 256, "lr": 3e-4, "seed": 0, "image_shift": 0, "pairs": 10}
+    state = str(out / SFT_STATE)
+    save_sft_state(state, 40, setup, model, optimizer, schedule, np.random.default_rng(0), torch.Generator())
+    before = (out / SFT_STATE).read_bytes()
+    argv = ["sft", "--demos", str(tmp_path / "none"), "--out", str(out), "--steps", "100"]
+    assert main(argv) == 2
+    assert "holds an unfinished SFT (saved after step 40/100 in sft_state.pt): add --resume" in capsys.readouterr().err
+    assert main([*argv[:-1], "200", "--resume"]) == 2
+    assert "started with other options ((saved, now): {'steps': (100, 200)})" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--save-every", "0"]) == 2
+    assert "--save-every must be >= 1" in capsys.readouterr().err
+    assert (out / SFT_STATE).read_bytes() == before  # nothing lost
+    assert main([*argv[:4], str(tmp_path / "empty"), "--resume"]) == 2
+    assert "--resume: no unfinished SFT in --out" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 2  # accepted: it goes on to read the (missing) demos
+    assert "--resume" not in capsys.readouterr().err

@@ -92,3 +92,50 @@ def test_random_shift_crops_the_edge_padded_image_at_a_random_offset():
         offsets.add(offset)
     assert len(offsets) > 10  # each image its own shift
     assert torch.equal(random_shift(images, 0, torch.Generator()), images)
+
+
+def _sign_demos(n=12):
+    rng = np.random.default_rng(0)
+    demos = []
+    for _ in range(n):
+        s = rng.uniform(-1, 1, (9, 3)).astype(np.float32)
+        demos.append(Demo("T", s, np.repeat(np.sign(s[:8, :1]), 2, axis=1).astype(np.float32)))
+    return demos
+
+
+def test_an_interrupted_sft_resumes_to_the_weights_of_the_uninterrupted_one(tmp_path, monkeypatch):
+    from rllib_pirl.errors import UsageError
+    from rllib_pirl.sft import SFT_STATE, saved_sft_setup
+
+    demos, options = _sign_demos(), {"chunk": 2, "steps": 8, "batch_size": 16, "hidden_sizes": (16,), "log_every": 8}
+    train_sft(demos, ["T"], str(tmp_path / "whole"), save_every=3, **options)
+    assert not (tmp_path / "whole" / SFT_STATE).exists()  # the finished checkpoint replaced the state
+
+    calls, loss = [], StateFlowPolicy.flow_matching_loss
+
+    def killed_at_step_5(self, obs, actions):  # the process dies in its 5th step
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return loss(self, obs, actions)
+
+    monkeypatch.setattr(StateFlowPolicy, "flow_matching_loss", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(demos, ["T"], str(tmp_path / "cut"), save_every=3, **options)
+    monkeypatch.undo()
+    assert saved_sft_setup(str(tmp_path / "cut"))["step"] == 3
+    with pytest.raises(UsageError, match=r"different SFT \(\(saved, now\): \{'steps': \(8, 9\)\}"):
+        train_sft(demos, ["T"], str(tmp_path / "cut"), save_every=3, resume=True, **{**options, "steps": 9})
+    train_sft(demos, ["T"], str(tmp_path / "cut"), save_every=3, resume=True, **options)
+    whole, cut = load_model(str(tmp_path / "whole")).state_dict(), load_model(str(tmp_path / "cut")).state_dict()
+    assert whole.keys() == cut.keys()
+    for key in whole:
+        assert torch.equal(whole[key], cut[key]), key
+    assert not (tmp_path / "cut" / SFT_STATE).exists()
+    # not a toy equality: the interrupted run's saved weights differ from the finished ones
+    monkeypatch.setattr(StateFlowPolicy, "flow_matching_loss", killed_at_step_5)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(demos, ["T"], str(tmp_path / "cut2"), save_every=3, **options)
+    saved = torch.load(str(tmp_path / "cut2" / SFT_STATE), weights_only=False)["model"]
+    assert any(not torch.equal(saved[k], whole[k]) for k in whole)
