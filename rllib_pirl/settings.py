@@ -174,6 +174,11 @@ class FlowLearnerSettings:
     #: reduced like the log-probs (per action element with ``logprob_reduction: per_element``);
     #: 0: off (no reference kept)
     ref_kl_coeff: float = 0.0
+    #: KL early stopping of the actor (SB3's / Spinning Up's ``target_kl`` guard): within an
+    #: update, once a minibatch's approx KL(π_old ‖ π_θ) before its step (k3, mean over the
+    #: learners) exceeds this, the actor takes no more steps on that train batch (the critic does);
+    #: None: off
+    kl_early_stop: float | None = None
     #: None: each minibatch in one forward/backward; n: in micro-batches of n samples whose
     #: gradients accumulate into one optimizer step per minibatch (memory ∝ n; must divide it)
     micro_batch_size: int | None = None
@@ -226,6 +231,9 @@ class FlowLearnerSettings:
             errors.append(f"prefix_cache must be one of {PREFIX_CACHES}, got {self.prefix_cache!r}.")
         if self.micro_batch_size is not None and not _is_int(self.micro_batch_size, 1):
             errors.append(f"micro_batch_size must be an integer >= 1 (or null), got {self.micro_batch_size!r}.")
+        stop = self.kl_early_stop
+        if stop is not None and not (_is_number(stop) and stop > 0):
+            errors.append(f"kl_early_stop must be null or a number > 0 (an approx KL, e.g. 0.03), got {stop!r}.")
         dual = self.dual_clip_param
         if dual is not None and not (_is_number(dual) and dual > 1):
             errors.append(f"dual_clip_param must be null or a number > 1 (dual-clip PPO's c, e.g. 3), got {dual!r}.")

@@ -154,6 +154,7 @@ def test_env_gets_the_action_chunk_from_the_config(ray_session):
         ({"value_clip_param": 0.0}, "value_clip_param must be a number > 0"),
         ({"dual_clip_param": 0.5}, "dual_clip_param must be null or a number > 1"),
         ({"ref_kl_coeff": -0.1}, "ref_kl_coeff must be a number >= 0"),
+        ({"kl_early_stop": 0.0}, "kl_early_stop must be null or a number > 0"),
     ],
 )
 def test_invalid_settings_are_rejected(setting, message):
@@ -267,6 +268,39 @@ def test_timers_report_the_iterations_own_seconds(ray_session):
         assert 0 < timers[ENV_RUNNER_SAMPLING_TIMER] + timers[LEARNER_UPDATE_TIMER] <= result["time_this_iter_s"]
     finally:
         algo.stop()
+
+
+def optimizer_steps(algo) -> dict[str, int]:
+    """The local learner's AdamW step count per optimizer ("actor", "critic")."""
+    learner = algo.learner_group._learner
+    return {
+        name: max(int(state["step"]) for state in learner.get_optimizer("default_policy", name).state.values())
+        for name in ("actor", "critic")
+    }
+
+
+@pytest.mark.parametrize("name", ["FlowSDE", "FlowNoise"])
+def test_kl_early_stop_ends_the_actors_steps_of_an_update_not_the_critics(ray_session, name):
+    """4 epochs over a ~128-row batch in minibatches of 64: ~8 steps per update. Without the
+    guard the actor takes every step the critic takes; with ``kl_early_stop: 1e-6`` the first
+    minibatch (at the rollout's weights: KL 0) steps and the second, whose KL after that step
+    with lr 3e-3 is far above 1e-6, stops the actor for the rest of the update; the critic
+    steps throughout."""
+    for threshold in (None, 1e-6):
+        algo = tiny_config(CONFIGS[name], lr=3e-3, num_epochs=4, kl_early_stop=threshold).build_algo()
+        try:
+            before = {k: v.clone() for k, v in algo.get_module().model.state_dict().items()}
+            result = algo.train()["learners"]["default_policy"]
+            steps = optimizer_steps(algo)
+            assert steps["critic"] >= 8 and steps["actor"] == (1 if threshold else steps["critic"]), steps
+            assert result["actor_steps"] == steps["actor"]
+            after = algo.get_module().model.state_dict()
+            assert not torch.equal(after["velocity_out.weight"], before["velocity_out.weight"])
+            # a new train batch, a new decision: the next update's first minibatch steps again
+            result = algo.train()["learners"]["default_policy"]
+            assert result["actor_steps"] == (1 if threshold else optimizer_steps(algo)["critic"] - steps["critic"])
+        finally:
+            algo.stop()
 
 
 def test_dual_clip_bounds_the_surrogate_of_bad_actions_only():

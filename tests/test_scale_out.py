@@ -33,17 +33,22 @@ def runner_states(algo):
     )
 
 
-@pytest.mark.parametrize("name", ["FlowSDE", "FlowNoise"])
-def test_two_learners_train_and_hold_identical_weights(ray_session, name):
+@pytest.mark.parametrize("name, settings", [("FlowSDE", {}), ("FlowNoise", {}), ("FlowSDE", {"kl_early_stop": 2e-5})])
+def test_two_learners_train_and_hold_identical_weights(ray_session, name, settings):
+    """With ``kl_early_stop`` the learners decide on the KL averaged over both (each sees its
+    own half of a minibatch): one stopping alone would leave their weights apart."""
     from rllib_pirl import FlowNoiseConfig, FlowSDEConfig
 
     cls = {"FlowSDE": FlowSDEConfig, "FlowNoise": FlowNoiseConfig}[name]
-    algo = tiny_config(cls).learners(num_learners=2, num_cpus_per_learner=0.5).build_algo()
+    config = tiny_config(cls, **settings, **({"lr": 3e-3, "num_epochs": 4} if settings else {}))
+    algo = config.learners(num_learners=2, num_cpus_per_learner=0.5).build_algo()
     try:
         before = learner_states(algo)[0]
         for _ in range(3):
             learner = algo.train()["learners"]["default_policy"]
             assert np.isfinite(learner["policy_loss"]) and np.isfinite(learner["vf_loss"])
+            if settings:  # stopped within the update, after at least its first step (both learners)
+                assert 2 <= learner["actor_steps"] < 16, learner["actor_steps"]
         first, second = learner_states(algo)
         assert first.keys() == second.keys()
         assert all(torch.equal(first[k], second[k]) for k in first)  # DDP averaged every gradient

@@ -30,6 +30,7 @@ APPROX_KL_KEY = "approx_kl"
 MEAN_ABS_LOGP_KEY = "mean_abs_logp"
 NOISE_STD_KEY = "noise_std"
 REF_KL_KEY = "ref_kl"  # KL(π_θ ‖ π_ref) per action element (ref_kl_coeff > 0)
+ACTOR_STEPS_KEY = "actor_steps"  # the actor's optimizer steps in the iteration (kl_early_stop ends them early)
 
 
 def ppo_surrogate(
@@ -94,6 +95,8 @@ class FlowPPOTorchLearner(PPOTorchLearner):
     @override(PPOTorchLearner)
     def build(self) -> None:
         super().build()
+        self._actor_stopped: set = set()  # modules whose actor kl_early_stop stopped in this update
+        self._minibatch_kl: dict = {}  # module id -> [(weight, approx KL)] of the minibatch's (micro-)batches
         if self.config.ref_kl_coeff > 0:  # π_ref: the weights the learner starts from
             for module in self.module.values():
                 if isinstance(module.unwrapped(), FlowRLModule):
@@ -114,7 +117,9 @@ class FlowPPOTorchLearner(PPOTorchLearner):
 
     @override(PPOTorchLearner)
     def update(self, *args, **kwargs):
-        """RLlib's update; afterwards the train batch's kept encodings are freed."""
+        """RLlib's update (the actor's KL early stop starts anew with each train batch);
+        afterwards the train batch's kept encodings are freed."""
+        self._actor_stopped, self._minibatch_kl = set(), {}
         try:
             return super().update(*args, **kwargs)
         finally:
@@ -138,6 +143,39 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                     params=group,
                     lr_or_lr_schedule=lr,
                 )
+
+    @override(PPOTorchLearner)
+    def apply_gradients(self, gradients_dict) -> None:
+        """RLlib's optimizer steps, less the actor's of a module that ``kl_early_stop`` stopped:
+        the minibatch's approx KL (its parts' weighted mean, averaged over the learners so that
+        all of them decide alike) above the threshold stops the actor for the rest of the update
+        — its gradients are dropped (AdamW skips a parameter without one), the critic steps."""
+        kl_parts, self._minibatch_kl = self._minibatch_kl, {}
+        threshold = self.config.kl_early_stop
+        for module_id, parts in kl_parts.items():
+            if threshold is None or module_id in self._actor_stopped:
+                continue
+            kl = torch.stack([sum(w * kl for w, kl in parts), torch.tensor(float(sum(w for w, _ in parts)))])
+            if self.config.num_learners > 1 and torch.distributed.is_initialized():
+                kl = kl.to(self._device)
+                torch.distributed.all_reduce(kl)
+            if float(kl[0] / kl[1]) > threshold:
+                self._actor_stopped.add(module_id)
+        for module_id, names in self._module_optimizers.items():
+            if f"{module_id}_actor" not in names:  # RLlib's registered name: module id + "_" + ours
+                continue
+            stopped = module_id in self._actor_stopped
+            if stopped:
+                actor = {
+                    id(p) for group in self.get_optimizer(module_id, "actor").param_groups for p in group["params"]
+                }
+                for pid in [pid for pid in gradients_dict if id(self._params[pid]) in actor]:
+                    del gradients_dict[pid]
+                    self._params[pid].grad = None
+            self.metrics.log_value(
+                (module_id, ACTOR_STEPS_KEY), 0 if stopped else 1, reduce="sum", clear_on_reduce=True
+            )
+        super().apply_gradients(gradients_dict)
 
     @override(PPOTorchLearner)
     def _set_optimizer_state(self, state) -> None:
@@ -176,6 +214,9 @@ class FlowPPOTorchLearner(PPOTorchLearner):
             clip_fraction = masked_mean(((ratio - 1).abs() > config.clip_param).float().mean(1))
         # k3 estimator of KL(old‖new), averaged over the N ratios.
         approx_kl = masked_mean(((ratio - 1) - log_ratio).mean(1))
+        if config.kl_early_stop is not None:  # kept for apply_gradients' decision, per (micro-)batch
+            weight = float(mask.sum()) if mask is not None else len(advantages)
+            self._minibatch_kl.setdefault(module_id, []).append((weight, approx_kl.detach().float().cpu()))
 
         if config.advantage_estimator == "grpo":  # no critic: its value head is neither trained nor used
             values = targets = None
