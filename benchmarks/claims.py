@@ -44,6 +44,17 @@ RECIPES = {
             ("pickcube_one_run", "Flow-Noise, dual clip 3, seed 3"),
         ],
     ),
+    "(c) Flow-SDE with all K steps stochastic (flow_sde_pickcube.yaml + sde_steps: all, dual clip 3)": (
+        ["615k", "1.23M", "1.85M"],
+        [("pickcube_one_run", "Flow-SDE, all K steps stochastic, dual clip 3, seed 4")],
+    ),
+    "Flow-SDE + kl_early_stop 0.03, on the training seeds that collapsed without it (one step: seed 2; all K: seed 4)": (
+        ["615k", "1.23M", "1.85M"],
+        [
+            ("pickcube_one_run", "Flow-SDE, dual clip 3, KL stop 0.03, seed 2"),
+            ("pickcube_one_run", "Flow-SDE, all K steps stochastic, dual clip 3, KL stop 0.03, seed 4"),
+        ],
+    ),
     "Flow-SDE, GRPO (flow_sde_pickcube_grpo.yaml, 180 iterations)": (
         ["615k", "1.23M", "1.85M"],
         [("pickcube_grpo", "Flow-SDE GRPO, seed 0"), ("pickcube_grpo", "Flow-SDE GRPO, seed 1")],
