@@ -115,9 +115,9 @@ class FlowEnvRunner(SingleAgentEnvRunner):
         ready = self._groups.pop_ready()
         stats = self._groups.take_stats()
         for key in GRPO_COUNTS:
-            self.metrics.log_value(("grpo", key), stats[key], reduce="sum", clear_on_reduce=True)
+            self.metrics.log_value(("grpo", key), stats[key], reduce="sum")
         for key in [k for k in stats if "/" in k]:  # multi-task envs: grpo/trained_per_task/<task>, ...
-            self.metrics.log_value(("grpo", *key.split("/", 1)), stats[key], reduce="sum", clear_on_reduce=True)
+            self.metrics.log_value(("grpo", *key.split("/", 1)), stats[key], reduce="sum")
         if stats["groups_completed"]:
             rate = stats["group_success_sum"] / stats["groups_completed"]
             self.metrics.log_value(("grpo", "group_success_rate"), rate, window=20)

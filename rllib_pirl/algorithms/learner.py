@@ -172,9 +172,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                 for pid in [pid for pid in gradients_dict if id(self._params[pid]) in actor]:
                     del gradients_dict[pid]
                     self._params[pid].grad = None
-            self.metrics.log_value(
-                (module_id, ACTOR_STEPS_KEY), 0 if stopped else 1, reduce="sum", clear_on_reduce=True
-            )
+            self.metrics.log_value((module_id, ACTOR_STEPS_KEY), 0 if stopped else 1, reduce="sum")
         super().apply_gradients(gradients_dict)
 
     @override(PPOTorchLearner)
