@@ -139,7 +139,7 @@ def tiny_pi_config(args) -> dict:
 def check_sft_resume(args) -> None:
     """``--resume`` and the training state in ``--out`` agree (before any demo is read): an
     unfinished SFT is neither overwritten silently nor continued with other options."""
-    from rllib_pirl.sft import SFT_STATE, saved_sft_setup
+    from rllib_pirl.sft import SFT_STATE, check_same_setup, saved_sft_setup
 
     if args.save_every < 1:
         raise UsageError(f"--save-every must be >= 1, got {args.save_every}")
@@ -153,13 +153,7 @@ def check_sft_resume(args) -> None:
         raise UsageError(f"--resume: no unfinished SFT in --out {args.out} (no {SFT_STATE}); run without --resume.")
     if args.resume:
         now = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
-        now["image_shift"] = args.image_shift
-        changed = {k: (saved[k], v) for k, v in now.items() if saved[k] != v}
-        if changed:
-            raise UsageError(
-                f"--resume: the SFT in {args.out} was started with other options ((saved, now): {changed}); "
-                "rerun with the options it was started with."
-            )
+        check_same_setup(saved, now | {"image_shift": args.image_shift}, f"--resume: the SFT in {args.out}")
 
 
 def cmd_sft(args) -> int:

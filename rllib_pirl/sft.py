@@ -101,12 +101,26 @@ def save_sft_state(path: str, step: int, setup: dict, model, optimizer, schedule
 
 def saved_sft_setup(out: str) -> dict | None:
     """The setup (and ``step``) of the unfinished SFT whose training state is in ``out``; None
-    when there is none."""
+    when there is none. The file is memory-mapped: the weights and optimizer state are not read."""
     path = os.path.join(out, SFT_STATE)
     if not os.path.isfile(path):
         return None
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=False, mmap=True)
     return {**state["setup"], "step": state["step"]}
+
+
+def check_same_setup(saved: dict, now: dict, what: str) -> None:
+    """``UsageError`` naming every key of ``now`` whose value differs from the ``saved`` setup
+    of an unfinished SFT (``what``: where it was saved): a continued run must be the run that
+    was started."""
+    from rllib_pirl.errors import UsageError
+
+    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    if changed:
+        raise UsageError(
+            f"{what} was started with other options ((saved, now): {changed}): rerun with the options it was "
+            "started with, or start afresh in another --out."
+        )
 
 
 def load_sft_state(path: str, setup: dict, model, optimizer, schedule, rng, generator) -> int:
@@ -116,12 +130,7 @@ def load_sft_state(path: str, setup: dict, model, optimizer, schedule, rng, gene
     from rllib_pirl.errors import UsageError
 
     state = torch.load(path, weights_only=False)
-    changed = {k: (state["setup"].get(k), v) for k, v in setup.items() if state["setup"].get(k) != v}
-    if changed:
-        raise UsageError(
-            f"{path} was saved by a different SFT ((saved, now): {changed}): rerun with the options it was started "
-            "with, or start afresh in another --out."
-        )
+    check_same_setup(state["setup"], setup, f"The SFT saved in {path}")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

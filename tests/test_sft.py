@@ -11,6 +11,17 @@ from rllib_pirl.models.checkpoint import load_model, save_model
 from rllib_pirl.sft import chunk_dataset, train_sft
 
 
+def sign_demos(n: int, steps: int) -> list[Demo]:
+    """``n`` demos of task "T" with uniform 3-D states and the expert action = the sign of the
+    first state coordinate (two modes of behaviour), repeated over 2 action dims."""
+    rng = np.random.default_rng(0)
+    demos = []
+    for _ in range(n):
+        s = rng.uniform(-1, 1, (steps + 1, 3)).astype(np.float32)
+        demos.append(Demo("T", s, np.repeat(np.sign(s[:steps, :1]), 2, axis=1).astype(np.float32)))
+    return demos
+
+
 def test_chunks_are_padded_by_repeating_the_last_action():
     actions = np.arange(8, dtype=np.float32).reshape(4, 2)
     demo = Demo("A", obs=np.arange(15, dtype=np.float32).reshape(5, 3), actions=actions)
@@ -24,13 +35,7 @@ def test_chunks_are_padded_by_repeating_the_last_action():
 
 
 def test_sft_learns_a_state_dependent_chunk_and_writes_a_loadable_checkpoint(tmp_path):
-    # Expert: action = sign of the first state coordinate (two modes of behaviour).
-    rng = np.random.default_rng(0)
-    demos = []
-    for _ in range(40):
-        s = rng.uniform(-1, 1, (11, 3)).astype(np.float32)
-        a = np.repeat(np.sign(s[:10, :1]), 2, axis=1).astype(np.float32)
-        demos.append(Demo("T", s, a))
+    demos = sign_demos(40, steps=10)
     out = tmp_path / "ckpt"
     model = train_sft(demos, ["T"], str(out), chunk=2, steps=600, batch_size=128, hidden_sizes=(64, 64), log_every=600)
     loaded = load_model(str(out))
@@ -94,20 +99,14 @@ def test_random_shift_crops_the_edge_padded_image_at_a_random_offset():
     assert torch.equal(random_shift(images, 0, torch.Generator()), images)
 
 
-def _sign_demos(n=12):
-    rng = np.random.default_rng(0)
-    demos = []
-    for _ in range(n):
-        s = rng.uniform(-1, 1, (9, 3)).astype(np.float32)
-        demos.append(Demo("T", s, np.repeat(np.sign(s[:8, :1]), 2, axis=1).astype(np.float32)))
-    return demos
-
-
 def test_an_interrupted_sft_resumes_to_the_weights_of_the_uninterrupted_one(tmp_path, monkeypatch):
     from rllib_pirl.errors import UsageError
     from rllib_pirl.sft import SFT_STATE, saved_sft_setup
 
-    demos, options = _sign_demos(), {"chunk": 2, "steps": 8, "batch_size": 16, "hidden_sizes": (16,), "log_every": 8}
+    demos, options = (
+        sign_demos(12, steps=8),
+        {"chunk": 2, "steps": 8, "batch_size": 16, "hidden_sizes": (16,), "log_every": 8},
+    )
     train_sft(demos, ["T"], str(tmp_path / "whole"), save_every=3, **options)
     assert not (tmp_path / "whole" / SFT_STATE).exists()  # the finished checkpoint replaced the state
 
@@ -124,7 +123,7 @@ def test_an_interrupted_sft_resumes_to_the_weights_of_the_uninterrupted_one(tmp_
         train_sft(demos, ["T"], str(tmp_path / "cut"), save_every=3, **options)
     monkeypatch.undo()
     assert saved_sft_setup(str(tmp_path / "cut"))["step"] == 3
-    with pytest.raises(UsageError, match=r"different SFT \(\(saved, now\): \{'steps': \(8, 9\)\}"):
+    with pytest.raises(UsageError, match=r"was started with other options \(\(saved, now\): \{'steps': \(8, 9\)\}\)"):
         train_sft(demos, ["T"], str(tmp_path / "cut"), save_every=3, resume=True, **{**options, "steps": 9})
     train_sft(demos, ["T"], str(tmp_path / "cut"), save_every=3, resume=True, **options)
     whole, cut = load_model(str(tmp_path / "whole")).state_dict(), load_model(str(tmp_path / "cut")).state_dict()
