@@ -317,7 +317,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--explore",
         action="store_true",
-        help="use the stochastic exploration policy instead (an algorithm checkpoint's at the noise its schedules had reached)",
+        help="use the stochastic exploration policy instead (an algorithm checkpoint's at the noise its schedules had "
+        "reached; episode i's noise seeded with its reset seed, so a rerun repeats it)",
     )
     ev.add_argument("--env-config", help="JSON env_config (overrides the one stored in an algorithm checkpoint)")
     ev.add_argument("--env", help="env name (required for a model checkpoint from `rllib sft`)")

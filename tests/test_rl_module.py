@@ -12,7 +12,9 @@ OBS = gym.spaces.Box(-1, 1, (6,), np.float32)
 ACT = gym.spaces.Box(-1, 1, (3, 2), np.float32)
 
 
-def make_module(exploration, reduction="sum", K=4, action_space=ACT, exploration_x0="noise", **model):
+def make_module(
+    exploration, reduction="sum", K=4, action_space=ACT, exploration_x0="noise", observation_space=OBS, **model
+):
     model_config = {
         "exploration_x0": exploration_x0,
         "num_denoise_steps": K,
@@ -24,7 +26,7 @@ def make_module(exploration, reduction="sum", K=4, action_space=ACT, exploration
         "model_kwargs": {"hidden_sizes": (32, 32), "value_hidden_sizes": (32,), **model},
     }
     torch.manual_seed(0)
-    return FlowRLModule(observation_space=OBS, action_space=action_space, model_config=model_config)
+    return FlowRLModule(observation_space=observation_space, action_space=action_space, model_config=model_config)
 
 
 @pytest.mark.parametrize("exploration", ["sde", "noise"])
@@ -62,6 +64,27 @@ def test_inference_is_the_deterministic_ode():
     assert torch.equal(a, b)
     explore = module.forward_exploration({Columns.OBS: obs})[Columns.ACTIONS]
     assert not torch.allclose(a, explore)
+
+
+def test_a_stochastic_evaluation_repeats_and_keeps_the_callers_random_state():
+    """evaluate(explore=True) seeds each episode's noise with its reset seed: two runs give the
+    same episodes, another seed other ones, and the caller's torch stream goes on untouched."""
+    from rllib_pirl.envs import make_point_reach
+    from rllib_pirl.evaluation import evaluate
+
+    env = make_point_reach({"action_chunk": 3})
+    module = make_module("sde", observation_space=env.observation_space, action_space=env.action_space)
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    first = evaluate(module, env, 4, seed=10, explore=True)
+    assert torch.equal(torch.rand(3), expected_next)
+    again = evaluate(module, env, 4, seed=10, explore=True)
+    assert first.returns == again.returns and first.lengths == again.lengths
+    shifted = evaluate(module, env, 3, seed=11, explore=True)  # episodes 11-13: the same noise per seed
+    assert shifted.returns == first.returns[1:]
+    deterministic = evaluate(module, env, 4, seed=10)
+    assert deterministic.returns != first.returns
 
 
 def test_exploration_from_zeros_is_centred_on_the_deterministic_policy():
