@@ -333,7 +333,9 @@ def test_saved_config_is_lerobot_style(tokenizer, tmp_path):
 @pytest.mark.parametrize(("variant", "algorithm"), [("pi0", "noise"), ("pi05", "sde")])
 def test_one_rl_iteration_on_maniskill_rgb(tokenizer, ray_session, variant, algorithm):
     """Tiny π0 / π0.5 (two 32-px cameras + state + instruction) on ManiSkill PickCube,
-    CPU simulation: one Flow-SDE / Flow-Noise iteration, the instruction from env_config."""
+    CPU simulation, the instruction from env_config: a first Flow-SDE / Flow-Noise iteration at
+    lr 0 recomputes exactly the rollouts' log-probs (ratio 1 through RLlib's whole pipeline, camera
+    pictures included), then an iteration trains the expert."""
     pytest.importorskip("mani_skill", reason="ManiSkill is not installed: run scripts/setup_maniskill.sh")
     if not os.environ.get("VK_ICD_FILENAMES") and not os.path.isdir("/usr/share/vulkan/icd.d"):
         pytest.skip("no Vulkan driver: run scripts/setup_maniskill.sh and source .vulkan/env.sh")
@@ -349,11 +351,15 @@ def test_one_rl_iteration_on_maniskill_rgb(tokenizer, ray_session, variant, algo
         tokenizer,
         noise_hidden_sizes=[16],
     )
+    # lr 0 for the first update (RLlib moves the lr to the steps sampled after each update), then 1e-3
+    config.training(lr=[[0, 0.0], [1, 1e-3]], value_lr=0.0)
     algo = config.build_algo()
     try:
         model = algo.get_module().model
         assert isinstance(model, PiPolicy) and model.config.variant == variant
         assert model.instructions == [instruction] and model.camera_keys == CAMERAS
+        learner = algo.train()["learners"]["default_policy"]
+        assert learner["approx_kl"] < 1e-7 and learner["clip_fraction"] == 0.0
         assert_one_iteration_trains_the_expert(algo)
     finally:
         algo.stop()
