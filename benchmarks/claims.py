@@ -57,7 +57,11 @@ RECIPES = {
     ),
     "Flow-SDE, GRPO (flow_sde_pickcube_grpo.yaml, 180 iterations)": (
         ["615k", "1.23M", "1.85M"],
-        [("pickcube_grpo", "Flow-SDE GRPO, seed 0"), ("pickcube_grpo", "Flow-SDE GRPO, seed 1")],
+        [
+            ("pickcube_grpo", "Flow-SDE GRPO, seed 0"),
+            ("pickcube_grpo", "Flow-SDE GRPO, seed 1"),
+            ("pickcube_grpo", "Flow-SDE GRPO, seed 2"),
+        ],
     ),
 }
 
