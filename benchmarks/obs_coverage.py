@@ -1,7 +1,7 @@
 """How far the states an env shows a policy lie outside the statistics its checkpoint was
 normalised with: the normalised |z| = |(s − mean) / std| per state dim over a policy's rollouts.
 
-A state dim whose demos barely varied (std clamped at 1e-2) but which varies in RL rollouts
+A state dim whose demos barely varied (std clamped at sft.STD_FLOOR) but which varies in RL rollouts
 reaches the network as a huge input, which makes a sharp policy; this checks for it. Runs
 ``--episodes`` episodes of the checkpoint's policy (exploring unless ``--deterministic``) from
 seeds ``--seed``… and prints per dim the largest and the 99th-percentile |z|, the share of steps
@@ -22,6 +22,7 @@ import torch
 
 from rllib_pirl.envs.maniskill import make_maniskill_env
 from rllib_pirl.evaluation import evaluate, module_for_model
+from rllib_pirl.sft import STD_FLOOR
 
 PICKCUBE = {
     "task": "PickCube-v1",
@@ -73,7 +74,7 @@ def main() -> None:
     print(
         f"{args.episodes} episodes ({'deterministic' if args.deterministic else 'exploring'}), success "
         f"{np.mean(result.successes):.3f}, {len(every)} states; dims with std at the 1e-2 floor: "
-        f"{np.where(std <= 0.0101)[0].tolist()}"
+        f"{np.where(std <= STD_FLOOR * 1.01)[0].tolist()}"
     )
     print("largest |z| per dim:", every.max(0))
     print("99th percentile |z| per dim:", np.percentile(every, 99, axis=0))

@@ -175,18 +175,37 @@ def evaluate(
     result = EvalResult()
     for i in range(episodes):
         with _seeded_noise(module, seed + i) if explore else contextlib.nullcontext():
-            _play_episode(
-                module,
-                env,
-                seed + i,
-                explore,
-                normalize_actions,
-                clip_actions,
-                result,
-                record=(video_dir or keep_videos) and i < video_episodes,
-                video_dir=video_dir,
-                keep_videos=keep_videos,
-            )
+            obs, _ = env.reset(seed=seed + i)
+            total, success, steps, done = 0.0, False, 0, False  # no success before the first action
+            record = (video_dir or keep_videos) and i < video_episodes and _camera_frame(obs) is not None
+            frames = [] if record else None
+            while not done:
+                if frames is not None:
+                    frames.append(_camera_frame(obs))
+                batch = {Columns.OBS: _batch_of_one(obs)}
+                out = module.forward_exploration(batch) if explore else module.forward_inference(batch)
+                action = out[Columns.ACTIONS][0].cpu().numpy()
+                if normalize_actions:
+                    action = unsquash_action(action, env.action_space)
+                elif clip_actions:
+                    action = clip_action(action, env.action_space)
+                obs, reward, terminated, truncated, info = env.step(action)
+                total += float(reward)
+                success = success or bool(info.get("success", False))
+                steps += 1
+                done = terminated or truncated
+        result.returns.append(total)
+        result.successes.append(success)
+        result.lengths.append(steps)
+        result.tasks.append(info.get("task", ""))
+        if frames:
+            frames.append(_camera_frame(obs))
+            task = f"{info['task']}_" if info.get("task") else ""
+            name = f"{task}episode_{seed + i}_{'success' if success else 'failure'}"
+            if video_dir:
+                _write_video(frames, video_dir, name + ".mp4")
+            if keep_videos:
+                result.videos.append((name, frames))
         if progress is not None:
             progress(i + 1, result)
     return result
@@ -200,40 +219,6 @@ def _seeded_noise(module, seed: int):
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
-
-
-def _play_episode(module, env, seed, explore, normalize_actions, clip_actions, result, record, video_dir, keep_videos):
-    """One episode from ``env.reset(seed=seed)``, appended to ``result`` (its video when ``record``)."""
-    obs, _ = env.reset(seed=seed)
-    total, success, steps, done = 0.0, False, 0, False  # no success before the first action
-    frames = [] if record and _camera_frame(obs) is not None else None
-    while not done:
-        if frames is not None:
-            frames.append(_camera_frame(obs))
-        batch = {Columns.OBS: _batch_of_one(obs)}
-        out = module.forward_exploration(batch) if explore else module.forward_inference(batch)
-        action = out[Columns.ACTIONS][0].cpu().numpy()
-        if normalize_actions:
-            action = unsquash_action(action, env.action_space)
-        elif clip_actions:
-            action = clip_action(action, env.action_space)
-        obs, reward, terminated, truncated, info = env.step(action)
-        total += float(reward)
-        success = success or bool(info.get("success", False))
-        steps += 1
-        done = terminated or truncated
-    result.returns.append(total)
-    result.successes.append(success)
-    result.lengths.append(steps)
-    result.tasks.append(info.get("task", ""))
-    if frames:
-        frames.append(_camera_frame(obs))
-        task = f"{info['task']}_" if info.get("task") else ""
-        name = f"{task}episode_{seed}_{'success' if success else 'failure'}"
-        if video_dir:
-            _write_video(frames, video_dir, name + ".mp4")
-        if keep_videos:
-            result.videos.append((name, frames))
 
 
 # -- during training ------------------------------------------------------------------------

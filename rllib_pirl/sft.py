@@ -52,14 +52,17 @@ def chunk_dataset(demos: Sequence[Demo], tasks: Sequence[str], chunk: int, state
     return data
 
 
+STD_FLOOR = 1e-2  # the smallest std of the statistics: a dim the demos barely vary is not blown up
+
+
 def norm_stats(data: dict[str, torch.Tensor]) -> dict[str, dict[str, list[float]]]:
-    """mean / std / q01 / q99 of the states and actions (the checkpoint's statistics)."""
+    """mean / std (at least ``STD_FLOOR``) / q01 / q99 of the states and actions (the checkpoint's statistics)."""
     stats = {}
     for name, x in (("state", data["state"]), ("actions", data["actions"].reshape(-1, data["actions"].shape[-1]))):
         x = x.float()
         stats[name] = {
             "mean": x.mean(0).tolist(),
-            "std": x.std(0).clamp(min=1e-2).tolist(),
+            "std": x.std(0).clamp(min=STD_FLOOR).tolist(),
             "q01": torch.quantile(x, 0.01, dim=0).tolist(),
             "q99": torch.quantile(x, 0.99, dim=0).tolist(),
         }
