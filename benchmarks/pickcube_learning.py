@@ -103,10 +103,10 @@ def write(rows, name, fields=FIELDS):
         writer.writerows(rows)
 
 
-def plot(name):
-    """Redraw NAME.png from NAME.csv (success vs env steps, 95% intervals) and, when the run
-    saved its training rows (NAME_train.csv), beside it the exploration success per iteration
-    (mean of 10 iterations)."""
+def plot(name, target: float | None = 0.85):
+    """Redraw NAME.png from NAME.csv (success vs env steps, 95% intervals, the ``target`` success
+    as a dashed line unless None) and, when the run saved its training rows (NAME_train.csv),
+    beside it the exploration success per iteration (mean of 10 iterations)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +129,8 @@ def plot(name):
         ax.plot(steps, [float(x["success"]) for x in r], marker="o", label=algo, color=color[algo])
         lo, hi = ([float(x[k]) for x in r] for k in ("success_lo", "success_hi"))
         ax.fill_between(steps, lo, hi, alpha=0.2, color=color[algo])
-    ax.axhline(0.85, color="gray", linestyle="--", linewidth=1, label="target 0.85")
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:g}")
     _label_axes(
         ax,
         "env steps, thousands (≤ 5 × policy steps)",
@@ -237,9 +238,15 @@ def main():
     p.add_argument("--final-episodes", type=int, default=400)
     p.add_argument("--no-start-eval", action="store_true", help="skip the evaluation before training")
     p.add_argument("--plot-only", action="store_true", help="only redraw the PNG from the CSV")
+    p.add_argument(
+        "--target",
+        type=float,
+        default=0.85,
+        help="success drawn as the plot's dashed target line (the state recipe's 0.85); 0: none",
+    )
     args = p.parse_args()
     if args.plot_only:
-        plot(args.results)
+        plot(args.results, args.target or None)
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_pickcube.yaml)")
@@ -319,7 +326,7 @@ def main():
     finally:
         algo.stop()
         env.close()
-    plot(args.results)
+    plot(args.results, args.target or None)
 
 
 if __name__ == "__main__":
