@@ -73,7 +73,7 @@ def main() -> None:
     np.set_printoptions(precision=1, suppress=True, linewidth=200)
     print(
         f"{args.episodes} episodes ({'deterministic' if args.deterministic else 'exploring'}), success "
-        f"{np.mean(result.successes):.3f}, {len(every)} states; dims with std at the 1e-2 floor: "
+        f"{np.mean(result.successes):.3f}, {len(every)} states; dims with std at the {STD_FLOOR:g} floor: "
         f"{np.where(std <= STD_FLOOR * 1.01)[0].tolist()}"
     )
     print("largest |z| per dim:", every.max(0))

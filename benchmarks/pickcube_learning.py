@@ -245,8 +245,9 @@ def main():
         help="success drawn as the plot's dashed target line (the state recipe's 0.85); 0: none",
     )
     args = p.parse_args()
+    target = args.target or None  # 0: no target line
     if args.plot_only:
-        plot(args.results, args.target or None)
+        plot(args.results, target)
         return
     if not args.example:
         p.error("--example is required (e.g. flow_sde_pickcube.yaml)")
@@ -326,7 +327,7 @@ def main():
     finally:
         algo.stop()
         env.close()
-    plot(args.results, args.target or None)
+    plot(args.results, target)
 
 
 if __name__ == "__main__":
