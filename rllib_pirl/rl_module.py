@@ -228,10 +228,13 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
     _encodings: Any = None
 
     @torch.no_grad()
-    def prepare_train_batch(self, batch: dict[str, Any], chunk_size: int, prefix_cache: str) -> torch.Tensor:
+    def prepare_train_batch(
+        self, batch: dict[str, Any], chunk_size: int, prefix_cache: str, critic: bool = True
+    ) -> torch.Tensor:
         """One no-grad pass over a learner's train batch, ``chunk_size`` rows at a time: the
         values V(s) at the weights that collected it (V_old of the value clipping and GAE's
-        values: the same numbers, computed once — :meth:`compute_values` hands them to GAE)
+        values: the same numbers, computed once — :meth:`compute_values` hands them to GAE;
+        ``critic=False``: zeros, GAE without a value baseline)
         and, when the model's encoding is frozen (π0's prefix) and ``prefix_cache`` is not
         "off", each sample's encoding, kept (on the device or in host memory) so that every
         epoch and minibatch of the update reuses it instead of recomputing it. Rows are
@@ -245,7 +248,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
             values.append(self.model.value(context).float())
             if keep:
                 encodings.append(map_context(_host_copy, context) if prefix_cache == "cpu" else context)
-        values = torch.cat(values)
+        values = torch.cat(values) if critic else torch.zeros_like(torch.cat(values))
         self._encodings = map_context(lambda *xs: torch.cat(xs), *encodings) if keep else None
         batch[ROW] = torch.arange(n, device=values.device)
         self._values_memo = (batch, values)

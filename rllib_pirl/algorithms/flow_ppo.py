@@ -102,6 +102,11 @@ class FlowPPOConfig(PPOConfig):
             )
         super().validate()
         errors = self.module_settings().errors() + settings_of(FlowLearnerSettings, self).errors()
+        if not isinstance(self.use_critic, bool):
+            errors.append(
+                f"use_critic must be true (a value head, GAE) or false (no value baseline: each step's "
+                f"reward to go, standardised over the batch), got {self.use_critic!r}."
+            )
         dtype = (self._model_config.get("model_kwargs") or {}).get("dtype", "float32")
         if dtype not in DTYPES:
             errors.append(

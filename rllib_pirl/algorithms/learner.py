@@ -64,17 +64,18 @@ class AddOldValues(ConnectorV2):
     collected the batch, stored as ``Columns.VF_PREDS`` for value clipping — and GAE's values,
     the same numbers, which RLlib's GAE then gets without a second pass — computed in chunks
     of ``chunk_size`` rows, keeping the frozen encodings for the update (``prefix_cache``;
-    see :meth:`FlowRLModule.prepare_train_batch`)."""
+    see :meth:`FlowRLModule.prepare_train_batch`). ``critic=False`` (``use_critic: false``):
+    the values are zeros, so GAE's advantages are the rewards to go."""
 
-    def __init__(self, *args, chunk_size: int = 64, prefix_cache: str = "device", **kwargs):
+    def __init__(self, *args, chunk_size: int = 64, prefix_cache: str = "device", critic: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.chunk_size, self.prefix_cache = chunk_size, prefix_cache
+        self.chunk_size, self.prefix_cache, self.critic = chunk_size, prefix_cache, critic
 
     def __call__(self, *, rl_module, batch, episodes, **kwargs):
         for module_id, module_batch in batch.items():
             module = rl_module[module_id].unwrapped()  # several learners: a DDP wrapper around ours
             if isinstance(module, FlowRLModule):
-                values = module.prepare_train_batch(module_batch, self.chunk_size, self.prefix_cache)
+                values = module.prepare_train_batch(module_batch, self.chunk_size, self.prefix_cache, self.critic)
                 module_batch[Columns.VF_PREDS] = values
             elif isinstance(module, ValueFunctionAPI):
                 with torch.no_grad():
@@ -86,7 +87,9 @@ class FlowPPOTorchLearner(PPOTorchLearner):
     """Loss = −surrogate + c_v·value loss − c_e·entropy [+ β·KL(π_θ ‖ π_ref) with
     ``ref_kl_coeff`` β > 0, π_ref the starting weights] (log-probs in fp32); with
     ``advantage_estimator: grpo`` the advantages are GRPO's (:mod:`.grpo`) and there is no
-    value loss; with ``advantage_normalization: task`` GAE's advantages are standardised per
+    value loss; with ``use_critic: false`` (RLlib's key) GAE runs with V ≡ 0 and λ = 1 — each
+    step's advantage is its discounted reward to go Σ_k γ^k r_{t+k}, standardised over the batch
+    (REINFORCE with the batch mean as the baseline) — and there is no value loss; with ``advantage_normalization: task`` GAE's advantages are standardised per
     task (:mod:`.task_advantages`).
 
     The actor (everything but the value head) uses ``lr``; the value head ``value_lr``.
@@ -102,10 +105,17 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                 if isinstance(module.unwrapped(), FlowRLModule):
                     module.unwrapped().keep_reference()
         if self._learner_connector is not None and self.config.add_default_connectors_to_learner_pipeline:
+            critic = self.config.use_critic
             self._learner_connector.insert_before(
                 GeneralAdvantageEstimation,
-                AddOldValues(chunk_size=self.config.value_chunk_size, prefix_cache=self.config.prefix_cache),
+                AddOldValues(
+                    chunk_size=self.config.value_chunk_size, prefix_cache=self.config.prefix_cache, critic=critic
+                ),
             )
+            if not critic:  # V ≡ 0 and λ = 1: GAE's advantage of a step is its discounted reward to go
+                for connector in self._learner_connector.connectors:
+                    if isinstance(connector, GeneralAdvantageEstimation):
+                        connector.lambda_ = 1.0
             if self.config.advantage_normalization == "task":
                 self._learner_connector.insert_after(GeneralAdvantageEstimation, TaskAdvantages())
             if self.config.advantage_estimator == "grpo":
@@ -216,7 +226,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
             weight = float(mask.sum()) if mask is not None else len(advantages)
             self._minibatch_kl.setdefault(module_id, []).append((weight, approx_kl.detach().float().cpu()))
 
-        if config.advantage_estimator == "grpo":  # no critic: its value head is neither trained nor used
+        if config.advantage_estimator == "grpo" or not config.use_critic:  # no critic: no value loss
             values = targets = None
             vf_loss = torch.zeros_like(surrogate)
         else:
