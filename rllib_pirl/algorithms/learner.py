@@ -23,6 +23,7 @@ from ray.rllib.utils.torch_utils import explained_variance
 
 from rllib_pirl.algorithms.grpo import GroupAdvantages
 from rllib_pirl.algorithms.task_advantages import TaskAdvantages
+from rllib_pirl.algorithms.time_limits import EndAtTimeLimits, RecordTimeLimits
 from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD, REF_KL, FlowRLModule, num_rows, rows_of
 
 CLIP_FRACTION_KEY = "clip_fraction"
@@ -90,7 +91,8 @@ class FlowPPOTorchLearner(PPOTorchLearner):
     value loss; with ``use_critic: false`` (RLlib's key) GAE runs with V ≡ 0 and λ = 1 — each
     step's advantage is its discounted reward to go Σ_k γ^k r_{t+k}, standardised over the batch
     (REINFORCE with the batch mean as the baseline) — and there is no value loss; with ``advantage_normalization: task`` GAE's advantages are standardised per
-    task (:mod:`.task_advantages`).
+    task (:mod:`.task_advantages`); with ``time_limit_bootstrap: false`` GAE's return ends at
+    the env's time limit (:mod:`.time_limits`).
 
     The actor (everything but the value head) uses ``lr``; the value head ``value_lr``.
     """
@@ -112,6 +114,9 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                     chunk_size=self.config.value_chunk_size, prefix_cache=self.config.prefix_cache, critic=critic
                 ),
             )
+            if not self.config.time_limit_bootstrap:
+                self._learner_connector.insert_before(AddOneTsToEpisodesAndTruncate, RecordTimeLimits())
+                self._learner_connector.insert_before(GeneralAdvantageEstimation, EndAtTimeLimits())
             if not critic:  # V ≡ 0 and λ = 1: GAE's advantage of a step is its discounted reward to go
                 for connector in self._learner_connector.connectors:
                     if isinstance(connector, GeneralAdvantageEstimation):

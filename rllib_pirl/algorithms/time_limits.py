@@ -1,0 +1,60 @@
+"""GAE at an episode's time limit (``time_limit_bootstrap: false``): the return ends there.
+
+RLlib's learner pipeline (``AddOneTsToEpisodesAndTruncate``) marks the last real step of every
+episode chunk that did not terminate as truncated, whether the env's time limit ended the
+episode or sampling cut it mid-way, and GAE bootstraps both from V(s_T):
+A_T = r_T + γ·V(s_T+1) − V(s_T). That treats the time limit as an interruption. Where the limit
+is part of the task (PickCube must succeed within its 100 steps) and the state does not say how
+much time is left, the bootstrap credits an episode that runs out of time in a promising state
+(holding the cube) with the value of finishing it. With these two pieces the last step of a
+chunk that the env truncated is marked terminated instead: A_T = r_T − V(s_T), its value target
+r_T. Chunks cut by sampling still bootstrap (their episode goes on).
+"""
+
+from __future__ import annotations
+
+import torch
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core.columns import Columns
+
+#: shared_data key: per episode chunk that did not terminate, whether the env truncated it
+ENV_TRUNCATED = "_pirl_env_truncated"
+
+
+class RecordTimeLimits(ConnectorV2):
+    """Before ``AddOneTsToEpisodesAndTruncate`` (which truncates every unfinished chunk):
+    which of the chunks that did not terminate the env truncated, in the episodes' order."""
+
+    def __call__(self, *, rl_module, batch, episodes, shared_data=None, **kwargs):
+        if shared_data is not None:
+            shared_data[ENV_TRUNCATED] = [bool(e.is_truncated) for e in episodes if not e.is_terminated]
+        return batch
+
+
+class EndAtTimeLimits(ConnectorV2):
+    """Before GAE: the truncated last step of each chunk that the env truncated becomes a
+    terminated one. The k-th row flagged truncated is the k-th chunk that did not terminate
+    (one flag per chunk, rows in the episodes' order)."""
+
+    def __call__(self, *, rl_module, batch, episodes, shared_data=None, **kwargs):
+        env_truncated = (shared_data or {}).get(ENV_TRUNCATED)
+        if env_truncated is None:
+            return batch
+        for module_batch in batch.values():
+            truncated = module_batch[Columns.TRUNCATEDS]
+            rows = torch.nonzero(torch.as_tensor(truncated).reshape(-1)).reshape(-1)
+            if len(rows) != len(env_truncated):
+                raise RuntimeError(
+                    f"time_limit_bootstrap: {len(rows)} truncated rows in the train batch for "
+                    f"{len(env_truncated)} unfinished episode chunks; RLlib's learner pipeline changed."
+                )
+            ended = rows[torch.as_tensor(env_truncated, dtype=torch.bool)]
+            module_batch[Columns.TRUNCATEDS] = _set_rows(truncated, ended, False)
+            module_batch[Columns.TERMINATEDS] = _set_rows(module_batch[Columns.TERMINATEDS], ended, True)
+        return batch
+
+
+def _set_rows(column, rows: torch.Tensor, value: bool):
+    column = torch.as_tensor(column).clone()
+    column.view(-1)[rows] = value
+    return column

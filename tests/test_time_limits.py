@@ -1,0 +1,57 @@
+"""``time_limit_bootstrap: false``: GAE's return ends at the env's time limit (the last step of a
+chunk the env truncated counts as terminated, its value target is its reward), while chunks that
+sampling cut mid-episode still bootstrap from V(s_T)."""
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+from ray.rllib.core.columns import Columns
+from ray.rllib.evaluation.postprocessing import Postprocessing
+
+from rllib_pirl.algorithms import FlowSDEConfig
+
+
+def learner_batch(algo):
+    learner = algo.learner_group._learner
+    episodes = algo.env_runner.sample(num_timesteps=128, random_actions=False)
+    ends = [(len(e), e.is_terminated, e.is_truncated) for e in episodes]  # before the pipeline truncates them
+    batch = learner._learner_connector(
+        rl_module=learner.module, batch={}, episodes=episodes, shared_data={}, metrics=learner.metrics
+    )["default_policy"]
+    return ends, {key: np.asarray(batch[key]).reshape(-1) for key in batch if not isinstance(batch[key], dict)}
+
+
+@pytest.mark.parametrize("bootstrap", [True, False])
+def test_the_return_ends_at_the_time_limit_only_when_asked(ray_session, bootstrap):
+    algo = tiny_config(FlowSDEConfig, time_limit_bootstrap=bootstrap).build_algo()
+    try:
+        ends, batch = learner_batch(algo)
+        kinds = {"env_truncated": [], "cut": [], "terminated": []}
+        row = 0
+        for length, terminated, truncated in ends:  # each chunk: its real rows, then RLlib's extra row
+            last = row + length - 1
+            kind = "terminated" if terminated else "env_truncated" if truncated else "cut"
+            kinds[kind].append(last)
+            row += length + 1
+        assert row == len(batch[Columns.REWARDS])
+        assert kinds["env_truncated"] and kinds["cut"]  # PointReach's 50-step limit and the batch's cut
+        time_limit, cut = np.array(kinds["env_truncated"]), np.array(kinds["cut"])
+        targets, rewards = batch[Postprocessing.VALUE_TARGETS], batch[Columns.REWARDS]
+        # a cut chunk bootstraps from V(s_T) in both modes
+        assert batch[Columns.TRUNCATEDS][cut].all() and not batch[Columns.TERMINATEDS][cut].any()
+        assert not np.allclose(targets[cut], rewards[cut], atol=1e-4)
+        if bootstrap:  # RLlib's convention: the time limit is an interruption
+            assert batch[Columns.TRUNCATEDS][time_limit].all() and not batch[Columns.TERMINATEDS][time_limit].any()
+            assert not np.allclose(targets[time_limit], rewards[time_limit], atol=1e-4)
+        else:  # the return stops at the limit: the value target of the last step is its reward
+            assert batch[Columns.TERMINATEDS][time_limit].all() and not batch[Columns.TRUNCATEDS][time_limit].any()
+            assert targets[time_limit] == pytest.approx(rewards[time_limit], abs=1e-5)
+        assert batch[Columns.TERMINATEDS].sum() == len(kinds["terminated"]) + (0 if bootstrap else len(time_limit))
+        assert algo.train()["learners"]["default_policy"]["num_module_steps_trained"] > 0
+    finally:
+        algo.stop()
+
+
+def test_time_limit_bootstrap_must_be_a_bool():
+    with pytest.raises(ValueError, match="time_limit_bootstrap must be true or false"):
+        tiny_config(FlowSDEConfig, time_limit_bootstrap="no").validate()
