@@ -55,3 +55,19 @@ def test_the_return_ends_at_the_time_limit_only_when_asked(ray_session, bootstra
 def test_time_limit_bootstrap_must_be_a_bool():
     with pytest.raises(ValueError, match="time_limit_bootstrap must be true or false"):
         tiny_config(FlowSDEConfig, time_limit_bootstrap="no").validate()
+
+
+def test_a_chunk_the_env_both_terminated_and_truncated_is_counted():
+    """A success at the time limit's step ends the episode terminated and truncated: RLlib then
+    flags its last step truncated too, so it has a row among the truncated ones."""
+    from types import SimpleNamespace as Chunk
+
+    from rllib_pirl.algorithms.time_limits import env_truncations
+
+    chunks = [
+        Chunk(is_terminated=True, is_truncated=False),  # success before the limit: no truncated row
+        Chunk(is_terminated=True, is_truncated=True),  # success at the limit
+        Chunk(is_terminated=False, is_truncated=True),  # the time limit
+        Chunk(is_terminated=False, is_truncated=False),  # cut by sampling
+    ]
+    assert env_truncations(chunks) == [True, True, False]

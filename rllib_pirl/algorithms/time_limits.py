@@ -21,20 +21,28 @@ from ray.rllib.core.columns import Columns
 ENV_TRUNCATED = "_pirl_env_truncated"
 
 
+def env_truncations(episodes) -> list[bool]:
+    """For each chunk that ``AddOneTsToEpisodesAndTruncate`` will flag truncated — the env
+    truncated it (at its time limit; possibly in the step that also terminated it, e.g. a
+    success at the last step) or it is unfinished — in the episodes' order: whether the env
+    truncated it."""
+    return [bool(e.is_truncated) for e in episodes if e.is_truncated or not e.is_terminated]
+
+
 class RecordTimeLimits(ConnectorV2):
     """Before ``AddOneTsToEpisodesAndTruncate`` (which truncates every unfinished chunk):
-    which of the chunks that did not terminate the env truncated, in the episodes' order."""
+    :func:`env_truncations` of the episodes, for :class:`EndAtTimeLimits`."""
 
     def __call__(self, *, rl_module, batch, episodes, shared_data=None, **kwargs):
         if shared_data is not None:
-            shared_data[ENV_TRUNCATED] = [bool(e.is_truncated) for e in episodes if not e.is_terminated]
+            shared_data[ENV_TRUNCATED] = env_truncations(episodes)
         return batch
 
 
 class EndAtTimeLimits(ConnectorV2):
     """Before GAE: the truncated last step of each chunk that the env truncated becomes a
-    terminated one. The k-th row flagged truncated is the k-th chunk that did not terminate
-    (one flag per chunk, rows in the episodes' order)."""
+    terminated one. The k-th row flagged truncated is the k-th chunk of
+    :func:`env_truncations` (one flag per chunk, rows in the episodes' order)."""
 
     def __call__(self, *, rl_module, batch, episodes, shared_data=None, **kwargs):
         env_truncated = (shared_data or {}).get(ENV_TRUNCATED)
@@ -46,7 +54,7 @@ class EndAtTimeLimits(ConnectorV2):
             if len(rows) != len(env_truncated):
                 raise RuntimeError(
                     f"time_limit_bootstrap: {len(rows)} truncated rows in the train batch for "
-                    f"{len(env_truncated)} unfinished episode chunks; RLlib's learner pipeline changed."
+                    f"{len(env_truncated)} episode chunks truncated or unfinished; RLlib's learner pipeline changed."
                 )
             ended = rows[torch.as_tensor(env_truncated, dtype=torch.bool)]
             module_batch[Columns.TRUNCATEDS] = _set_rows(truncated, ended, False)
