@@ -90,9 +90,10 @@ class FlowPPOTorchLearner(PPOTorchLearner):
     ``advantage_estimator: grpo`` the advantages are GRPO's (:mod:`.grpo`) and there is no
     value loss; with ``use_critic: false`` (RLlib's key) GAE runs with V ≡ 0 and λ = 1 — each
     step's advantage is its discounted reward to go Σ_k γ^k r_{t+k}, standardised over the batch
-    (REINFORCE with the batch mean as the baseline) — and there is no value loss; with ``advantage_normalization: task`` GAE's advantages are standardised per
-    task (:mod:`.task_advantages`); with ``time_limit_bootstrap: false`` GAE's return ends at
-    the env's time limit (:mod:`.time_limits`).
+    (REINFORCE with the batch mean as the baseline) — and there is no value loss; with
+    ``advantage_normalization: task`` GAE's advantages are standardised per task
+    (:mod:`.task_advantages`); with ``time_limit_bootstrap: false`` GAE's return ends at the
+    env's time limit (:mod:`.time_limits`).
 
     The actor (everything but the value head) uses ``lr``; the value head ``value_lr``.
     """

@@ -17,7 +17,7 @@ import torch
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 
-#: shared_data key: per episode chunk that did not terminate, whether the env truncated it
+#: shared_data key: :func:`env_truncations` of the train batch's episode chunks
 ENV_TRUNCATED = "_pirl_env_truncated"
 
 
