@@ -243,12 +243,14 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         n = num_rows(obs)
         keep = prefix_cache != "off" and self.model.frozen_encoding
         values, encodings = [], []
-        for start in range(0, n, chunk_size):
+        for start in range(0, n, chunk_size) if critic or keep else ():  # no critic: encode only to keep
             context = self.model.encode(rows_of(obs, start, start + chunk_size))
-            values.append(self.model.value(context).float())
+            if critic:
+                values.append(self.model.value(context).float())
             if keep:
                 encodings.append(map_context(_host_copy, context) if prefix_cache == "cpu" else context)
-        values = torch.cat(values) if critic else torch.zeros_like(torch.cat(values))
+        device = next(self.model.parameters()).device
+        values = torch.cat(values) if critic else torch.zeros(n, dtype=torch.float32, device=device)
         self._encodings = map_context(lambda *xs: torch.cat(xs), *encodings) if keep else None
         batch[ROW] = torch.arange(n, device=values.device)
         self._values_memo = (batch, values)

@@ -125,6 +125,20 @@ def point_gpu_examples_at_a_tiny_checkpoint(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PALIGEMMA_TOKENIZER", tokenizer)
 
 
+def learner_train_batch(algo, num_timesteps: int):
+    """Sample ``num_timesteps`` with the algorithm's local env runner and run them through its
+    learner's connector pipeline (GAE or GRPO included): the chunks' (length, terminated,
+    truncated) as sampled — the pipeline truncates unfinished ones — and the default policy's
+    train batch."""
+    learner = algo.learner_group._learner
+    episodes = algo.env_runner.sample(num_timesteps=num_timesteps, random_actions=False)
+    chunks = [(len(e), e.is_terminated, e.is_truncated) for e in episodes]
+    batch = learner._learner_connector(
+        rl_module=learner.module, batch={}, episodes=episodes, shared_data={}, metrics=learner.metrics
+    )
+    return chunks, batch["default_policy"]
+
+
 def learner_states(algo):
     """Each learner's module weights (torch tensors on the CPU; one for a local learner)."""
     results = algo.learner_group.foreach_learner(

@@ -5,7 +5,7 @@ value loss: the value head is neither trained nor used."""
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import learner_train_batch, tiny_config
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
@@ -26,24 +26,20 @@ def test_advantages_are_the_standardised_rewards_to_go_and_the_value_head_stays(
     # lambda 0.5 on purpose: without a critic GAE runs with λ = 1 whatever the config says
     algo = tiny_config(config_cls, use_critic=False, gamma=0.9, lambda_=0.5).build_algo()
     try:
-        learner = algo.learner_group._learner
-        episodes = algo.env_runner.sample(num_timesteps=128, random_actions=False)
-        batch = learner._learner_connector(
-            rl_module=learner.module, batch={}, episodes=episodes, shared_data={}, metrics=learner.metrics
-        )["default_policy"]
+        chunks, batch = learner_train_batch(algo, 128)
         column = {key: np.asarray(batch[key]).reshape(-1) for key in (Columns.REWARDS, Columns.LOSS_MASK)}
         # RLlib appends one masked bootstrap step to every episode chunk and flags the chunk's
         # last real step terminated or truncated: the sum to go stops there (V ≡ 0 bootstraps 0)
         ends = np.asarray(batch[Columns.TERMINATEDS]).reshape(-1) | np.asarray(batch[Columns.TRUNCATEDS]).reshape(-1)
         real = column[Columns.LOSS_MASK].astype(bool)
-        assert (~real).sum() == len(episodes) == ends.sum()
+        assert (~real).sum() == len(chunks) == ends.sum()
         raw = rewards_to_go(column[Columns.REWARDS].astype(np.float64), ends, 0.9)
         assert np.ptp(raw[real]) > 0  # the check below would hold for a constant batch too
         expected = (raw - raw.mean()) / max(1e-4, raw.std())  # RLlib standardises over every row
         assert np.asarray(batch[Postprocessing.ADVANTAGES]) == pytest.approx(expected, abs=1e-5)
         assert np.all(np.asarray(batch[Columns.VF_PREDS]) == 0)
 
-        module = learner.module["default_policy"].unwrapped().model
+        module = algo.learner_group._learner.module["default_policy"].unwrapped().model
         value_before = [p.detach().clone() for p in module.value_parameters()]
         actor_before = module.velocity_out.weight.detach().clone()
         stats = algo.train()["learners"]["default_policy"]

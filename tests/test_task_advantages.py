@@ -5,6 +5,7 @@ pipeline on a two-task ManiSkill batch, and the bad settings)."""
 import numpy as np
 import pytest
 import torch
+from conftest import learner_train_batch
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
@@ -51,11 +52,7 @@ def test_the_learner_standardises_each_tasks_advantages(ray_session):
     for the batch as a whole); then the algorithm trains with them."""
     algo = two_task_maniskill().build_algo()
     try:
-        learner = algo.learner_group._learner
-        episodes = algo.env_runner.sample(num_timesteps=32, random_actions=False)
-        batch = learner._learner_connector(
-            rl_module=learner.module, batch={}, episodes=episodes, shared_data={}, metrics=learner.metrics
-        )["default_policy"]
+        _, batch = learner_train_batch(algo, 32)
         advantages = batch[Postprocessing.ADVANTAGES]
         tasks = torch.as_tensor(batch[Columns.OBS]["task_id"]).reshape(-1)
         inside = batch[Columns.LOSS_MASK].reshape(-1).bool()

@@ -4,7 +4,7 @@ sampling cut mid-episode still bootstrap from V(s_T)."""
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import learner_train_batch, tiny_config
 from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
@@ -12,13 +12,8 @@ from rllib_pirl.algorithms import FlowSDEConfig
 
 
 def learner_batch(algo):
-    learner = algo.learner_group._learner
-    episodes = algo.env_runner.sample(num_timesteps=128, random_actions=False)
-    ends = [(len(e), e.is_terminated, e.is_truncated) for e in episodes]  # before the pipeline truncates them
-    batch = learner._learner_connector(
-        rl_module=learner.module, batch={}, episodes=episodes, shared_data={}, metrics=learner.metrics
-    )["default_policy"]
-    return ends, {key: np.asarray(batch[key]).reshape(-1) for key in batch if not isinstance(batch[key], dict)}
+    chunks, batch = learner_train_batch(algo, 128)
+    return chunks, {key: np.asarray(value).reshape(-1) for key, value in batch.items() if not isinstance(value, dict)}
 
 
 @pytest.mark.parametrize("bootstrap", [True, False])
