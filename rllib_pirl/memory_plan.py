@@ -185,13 +185,13 @@ def architecture_of(model_config: dict) -> PiConfig | None:
     """The π0 / π0.5 architecture a run's ``model_config`` builds (``model_kwargs.pi_config``,
     else the ``pretrained`` checkpoint's, read from its weights' shapes); None for other models."""
     kwargs = model_config.get("model_kwargs") or {}
+    if kwargs.get("pretrained"):  # pi_config: the parts the checkpoint does not record
+        from rllib_pirl.models.pi0.layouts import read_architecture
+
+        return read_architecture(kwargs["pretrained"], kwargs.get("pi_config"))
     if kwargs.get("pi_config") is not None:
         pc = kwargs["pi_config"]
         return pc if isinstance(pc, PiConfig) else PiConfig.from_dict(pc)
-    if kwargs.get("pretrained"):
-        from rllib_pirl.models.pi0.layouts import read_architecture
-
-        return read_architecture(kwargs["pretrained"])
     return None
 
 

@@ -313,6 +313,7 @@ def train_pi_sft(
     kwargs = {
         "state_dim": state_dim,
         "camera_keys": cameras,
+        "env_action_dim": demos[0].actions.shape[1],
         "tokenizer": tokenizer,
         "instructions": instructions,
         "train_expert_only": not train_vlm,
@@ -320,7 +321,7 @@ def train_pi_sft(
     if pretrained:
         from rllib_pirl.models.pi0.layouts import load_pretrained
 
-        model = load_pretrained(pretrained, PiPolicy, **kwargs)
+        model = load_pretrained(pretrained, PiPolicy, new_features=True, **kwargs)
         chunk = model.config.chunk_size
         data = chunk_dataset(demos, tasks, chunk, state_dim)
         model.set_norm_stats(norm_stats(data))  # the demos' statistics replace the checkpoint's

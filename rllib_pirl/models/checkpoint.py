@@ -65,9 +65,10 @@ def load_model(path: str, observation_space=None, action_space=None, noise_std_r
     that have prompts.
     """
     config = read_config(path)
-    if "rllib_pirl" in config:  # a π0 / π0.5 folder in the lerobot layout
-        cls = import_object(config["rllib_pirl"]["model_class"])
-        return cls.load_checkpoint(path, observation_space, action_space, noise_std_range, instructions)
+    if "model_class" not in config:  # a π0 / π0.5 folder: ours, lerobot's, openpi's or RLinf's
+        from rllib_pirl.models.pi0 import PiPolicy
+
+        return PiPolicy.load_checkpoint(path, observation_space, action_space, noise_std_range, instructions)
     kwargs = dict(config["model_kwargs"])
     if noise_std_range is not None:
         kwargs["noise_std_range"] = list(noise_std_range)

@@ -1,28 +1,25 @@
-"""π0 / π0.5 checkpoints users already have: lerobot and openpi (PyTorch) layouts.
+"""π0 / π0.5 weights under the names the released files use, loading them, and export.
 
-- **openpi** ``model.safetensors``: ``paligemma_with_expert.paligemma.model.{vision_tower.
-  vision_model, multi_modal_projector, language_model}.…``, ``paligemma_with_expert.
-  gemma_expert.model.{layers, norm}.…``, the word embedding stored as
-  ``paligemma_with_expert.paligemma.lm_head.weight`` (tied), and the top-level heads
-  (π0: ``state_proj``, ``action_in_proj``, ``action_time_mlp_{in,out}``,
-  ``action_out_proj``; π0.5: ``time_mlp_{in,out}`` instead of the state and
-  action-time ones, and ``dense`` adaptive norms in the expert). Statistics:
-  ``assets/*/norm_stats.json`` (``{"norm_stats": {"state": {...}, "actions": {...}}}``).
-- **lerobot**: the same keys under ``model.``, ``config.json`` (``type``: ``pi0`` /
-  ``pi05``, ``chunk_size``, ``max_state_dim``, …) and the statistics in
-  ``policy_preprocessor_step_*_normalizer_processor.safetensors``
-  (``observation.state.mean``, ``action.q01``, …).
+- **openpi** names: ``paligemma_with_expert.paligemma.model.{vision_tower.vision_model,
+  multi_modal_projector, language_model}.…``, ``paligemma_with_expert.gemma_expert.model.
+  {layers, norm}.…``, the word embedding as ``paligemma_with_expert.paligemma.lm_head.weight``
+  (tied), and the top-level heads (π0: ``state_proj``, ``action_in_proj``,
+  ``action_time_mlp_{in,out}``, ``action_out_proj``; π0.5: ``time_mlp_{in,out}`` instead of the
+  state and action-time ones, and ``dense`` adaptive norms in the expert).
+- **lerobot**: the same names under ``model.``. lerobot ≥ 0.5 saves the embedding twice:
+  ``…language_model.embed_tokens.weight`` (the one its model embeds with and fine-tunes) and a
+  stale ``…paligemma.lm_head.weight`` (no gradient reaches it): ``embed_tokens`` is loaded and
+  the stale copy skipped and reported.
 
-Keys that exist in released files but that the model does not use
-(the expert's ``lm_head``: the expert never emits tokens) are skipped and reported.
-:func:`save_pretrained` writes the lerobot layout (plus our RL heads in their own
-file ``rl_heads.safetensors``, the tokenizer and ``config.json`` with both lerobot's
-fields and ours), so a fine-tuned model reloads here and in lerobot-style loaders.
+What a folder says besides the weights is read by :mod:`~rllib_pirl.models.pi0.formats`.
+:func:`save_pretrained` writes a folder lerobot 0.6's ``from_pretrained`` accepts (its
+``config.json`` fields only, every key its strict load expects, its processor files) with
+this package's own settings, RL heads and tokenizer beside it; ``layout="openpi"`` writes
+openpi's names and ``assets/<asset_id>/norm_stats.json`` instead.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -30,15 +27,33 @@ import shutil
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from rllib_pirl.models.pi0.config import GEMMA_SIZES, GemmaSize, PiConfig, VisionSize
+from rllib_pirl.models.pi0.formats import (
+    ACTION_FEATURE,
+    CONFIG,
+    IMAGE_PREFIX,
+    LEROBOT_MODES,
+    OURS,
+    POSTPROCESSOR,
+    PREPROCESSOR,
+    RL_HEADS,
+    STATE_FEATURE,
+    TOKENIZER,
+    WEIGHTS,
+    CheckpointMismatch,
+    Pretrained,
+    detect_variant,
+    find_norm_stats,
+    read_norm_stats,
+    read_pretrained,
+    tokenizer_in,
+)
 
-WEIGHTS, CONFIG, RL_HEADS, TOKENIZER = "model.safetensors", "config.json", "rl_heads.safetensors", "tokenizer.model"
-STATS = "policy_preprocessor_step_0_normalizer_processor.safetensors"
 LAYOUTS = ("lerobot", "openpi")
 _EMBED = "paligemma_with_expert.paligemma.lm_head.weight"
+_LM_EMBED = "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
+_EXPERT_HEAD = "paligemma_with_expert.gemma_expert.lm_head.weight"
 #: (our module prefix, openpi prefix), most specific first.
 _PREFIXES = (
     ("backbone.paligemma.vision_tower.", "paligemma_with_expert.paligemma.model.vision_tower.vision_model."),
@@ -50,8 +65,8 @@ UNUSED = (
     re.compile(r"^paligemma_with_expert\.gemma_expert\.lm_head\."),
     re.compile(r"^paligemma_with_expert\.gemma_expert\.model\.embed_tokens\."),
 )
-_STAT_NAMES = {"state": "observation.state", "actions": "action"}
-_LEROBOT_MODES = {"MEAN_STD": "mean_std", "QUANTILES": "quantile", "IDENTITY": "identity", "QUANTILE10": "quantile"}
+#: RLinf's πRL heads (its RL checkpoints): loaded where they fit ours, else skipped.
+RL_HEAD_PREFIXES = ("value_head.", "noise_head.")
 
 
 def openpi_key(key: str) -> str:
@@ -70,42 +85,40 @@ def layout_state(model) -> dict[str, torch.Tensor]:
     return {openpi_key(k): v for k, v in model.state_dict().items() if k not in heads and "rotary" not in k}
 
 
-def detect_layout(keys) -> str:
-    return "lerobot" if any(k.startswith("model.paligemma_with_expert.") for k in keys) else "openpi"
-
-
-def detect_variant(keys) -> str | None:
-    """ "pi0" / "pi05" from the weights' names (None when neither head set is there)."""
-    keys = [k.removeprefix("model.") for k in keys]
-    if any(k.startswith(("state_proj.", "action_time_mlp_in.")) for k in keys):
-        return "pi0"
-    if any(k.startswith("time_mlp_in.") for k in keys) or any(".dense." in k for k in keys):
-        return "pi05"
-    return None
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint that does not fit the model: lists every difference."""
-
-
-def load_layout_state(model, tensors: dict[str, torch.Tensor], source: str, read=None) -> list[str]:
-    """Load lerobot- or openpi-layout ``tensors`` into ``model`` (RL heads untouched).
+def load_layout_state(model, tensors: dict[str, torch.Tensor], source: str, read=None) -> dict[str, str]:
+    """Load lerobot- or openpi-named ``tensors`` into ``model``; returns the released keys it
+    skipped, each with why (key → reason).
 
     ``tensors`` may be meta tensors (names and shapes) with ``read(name)`` giving each one:
     they are then read and copied into the model one at a time (converted to the parameter's
-    dtype), so that a process never holds the checkpoint beside the model.
-    Raises :class:`CheckpointMismatch` naming the missing and unexpected keys and
-    the shapes that differ; returns the released-but-unused keys it skipped."""
+    dtype), so that a process never holds the checkpoint beside the model. RLinf's
+    ``value_head.*`` / ``noise_head.*`` are loaded when their names and shapes are ours, else
+    skipped (the model's own heads stay). Raises :class:`CheckpointMismatch` naming the missing
+    and unexpected keys and the shapes that differ."""
     read = read or tensors.__getitem__
     origin = {k.removeprefix("model."): k for k in tensors}
     tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
-    lm_embed = "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
-    if lm_embed in tensors and _EMBED not in tensors:
-        tensors[_EMBED], origin[_EMBED] = tensors.pop(lm_embed), origin.pop(lm_embed)
-    skipped = sorted(k for k in tensors if any(p.match(k) for p in UNUSED))
+    skipped = {}
+    if _LM_EMBED in tensors:  # the embedding the model uses; lm_head beside it is lerobot ≥ 0.5's stale copy
+        if _EMBED in tensors:
+            tensors.pop(_EMBED)
+            skipped[_EMBED] = "the tied copy (stale after a lerobot ≥ 0.5 fine-tune): embed_tokens is loaded"
+        tensors[_EMBED], origin[_EMBED] = tensors.pop(_LM_EMBED), origin.pop(_LM_EMBED)
+    skipped.update({k: "unused by π0 / π0.5" for k in sorted(tensors) if any(p.match(k) for p in UNUSED)})
+    own_heads = {k: v for k, v in model.state_dict().items() if k in model.rl_head_state_keys()}
+    their_heads = {k: v for k, v in tensors.items() if k.startswith(RL_HEAD_PREFIXES)}
+    fitting = []
+    for prefix in RL_HEAD_PREFIXES:
+        theirs = {k: tuple(v.shape) for k, v in their_heads.items() if k.startswith(prefix)}
+        ours = {k: tuple(v.shape) for k, v in own_heads.items() if k.startswith(prefix)}
+        if theirs and theirs == ours:
+            fitting += sorted(theirs)
+        elif theirs:
+            skipped[prefix + "*"] = f"{len(theirs)} tensors that do not fit this model's {prefix[:-1]}: a fresh one"
     expected = layout_state(model)
+    ignore = {k for k in tensors if any(p.match(k) for p in UNUSED)} | set(their_heads)
     missing = sorted(k for k in expected if k not in tensors)
-    unexpected = sorted(k for k in tensors if k not in expected and k not in skipped)
+    unexpected = sorted(k for k in tensors if k not in expected and k not in ignore)
     shapes = {
         k: (tuple(tensors[k].shape), tuple(v.shape))
         for k, v in expected.items()
@@ -132,7 +145,7 @@ def load_layout_state(model, tensors: dict[str, torch.Tensor], source: str, read
     if leftover:
         raise CheckpointMismatch(f"{source}: internal key mapping incomplete: {leftover}")
     with torch.no_grad():
-        for k in expected:
+        for k in [*expected, *fitting]:
             targets[own[k]].copy_(read(origin[k]))
     return skipped
 
@@ -142,244 +155,368 @@ def _short(items, n: int = 8) -> str:
     return "[]" if not items else ", ".join(items[:n]) + (f", … (+{len(items) - n})" if len(items) > n else "")
 
 
-# -- reading a checkpoint folder ---------------------------------------------------------
-def _gemma_size_from(tensors: dict[str, torch.Tensor], prefix: str, num_heads: int) -> GemmaSize:
-    depth = len({m.group(1) for k in tensors if (m := re.match(re.escape(prefix) + r"layers\.(\d+)\.", k))})
-    q = tensors[f"{prefix}layers.0.self_attn.q_proj.weight"]
-    k = tensors[f"{prefix}layers.0.self_attn.k_proj.weight"]
-    head_dim = q.shape[0] // num_heads
-    mlp = tensors[f"{prefix}layers.0.mlp.gate_proj.weight"].shape[0]
-    return GemmaSize(q.shape[1], depth, mlp, num_heads, k.shape[0] // head_dim, head_dim)
-
-
-def infer_pi_config(tensors: dict[str, torch.Tensor], hints: dict[str, Any]) -> PiConfig:
-    """Architecture from the weights' shapes (head counts: openpi's 8 / 16 unless
-    ``hints`` say otherwise) and lerobot's config fields."""
-    t = {k.removeprefix("model."): v for k, v in tensors.items()}
-    variant = hints.get("type") or detect_variant(t)
-    if variant not in ("pi0", "pi05"):
-        raise CheckpointMismatch(
-            f"Cannot tell whether this is a π0 or a π0.5 checkpoint (config type {hints.get('type')!r}, "
-            "no state_proj / time_mlp weights)."
-        )
-    lm = "paligemma_with_expert.paligemma.model.language_model."
-    vt = "paligemma_with_expert.paligemma.model.vision_tower.vision_model."
-    missing = [
-        k for k in (f"{lm}layers.0.self_attn.q_proj.weight", f"{vt}embeddings.patch_embedding.weight") if k not in t
-    ]
-    if missing:
-        raise CheckpointMismatch(f"Not a π0 / π0.5 checkpoint in the lerobot or openpi layout: no {missing}.")
-    patch = t[f"{vt}embeddings.patch_embedding.weight"]
-    width = patch.shape[0]
-    vision = VisionSize(
-        width=width,
-        depth=len({m.group(1) for k in t if (m := re.match(re.escape(vt) + r"encoder\.layers\.(\d+)\.", k))}),
-        mlp_dim=t[f"{vt}encoder.layers.0.mlp.fc1.weight"].shape[0],
-        num_heads=int(hints.get("vision_num_heads", 16 if width % 16 == 0 else 1)),
-        patch_size=patch.shape[-1],
-        image_size=round(t[f"{vt}embeddings.position_embedding.weight"].shape[0] ** 0.5) * patch.shape[-1],
-    )
-    heads = int(hints.get("num_heads", 8))
-    embed = t.get(_EMBED, t.get(f"{lm}embed_tokens.weight"))
-    action_dim = t["action_in_proj.weight"].shape[1]
-    return PiConfig(
-        variant=variant,
-        vlm=_gemma_size_from(t, lm, heads),
-        expert=_gemma_size_from(t, "paligemma_with_expert.gemma_expert.model.", heads),
-        vision=vision,
-        vocab_size=embed.shape[0],
-        chunk_size=int(hints.get("chunk_size", 50)),
-        max_state_dim=t["state_proj.weight"].shape[1] if variant == "pi0" else int(hints.get("max_state_dim", 32)),
-        max_action_dim=action_dim,
-        max_token_len=int(hints.get("tokenizer_max_length", 200 if variant == "pi05" else 48)),
-    )
-
-
-def _lerobot_stats(path: str) -> dict[str, dict[str, list[float]]] | None:
-    files = sorted(glob.glob(os.path.join(path, "policy_preprocessor_step_*_normalizer_processor.safetensors")))
-    if not files:
-        return None
-    flat = load_file(files[0])
-    stats: dict[str, dict[str, list[float]]] = {}
-    for ours, theirs in _STAT_NAMES.items():
-        entry = {k.rsplit(".", 1)[1]: v.flatten().tolist() for k, v in flat.items() if k.rsplit(".", 1)[0] == theirs}
-        if entry:
-            stats[ours] = entry
-    return stats or None
-
-
-def _openpi_stats(path: str) -> dict[str, dict[str, list[float]]] | None:
-    files = sorted(glob.glob(os.path.join(path, "assets", "*", "norm_stats.json"))) + sorted(
-        glob.glob(os.path.join(path, "norm_stats.json"))
-    )
-    if not files:
-        return None
-    with open(files[0]) as f:
-        data = json.load(f)
-    return {k: v for k, v in data.get("norm_stats", data).items() if k in ("state", "actions")}
-
-
-def _checkpoint_files(path: str) -> tuple[str, str, dict[str, Any]]:
-    """(folder, weights file, config.json contents) of a checkpoint folder or lone weights file."""
-    folder, weights = (path, os.path.join(path, WEIGHTS)) if os.path.isdir(path) else (os.path.dirname(path), path)
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(
-            f"No π0 / π0.5 weights at {path!r} (expected {WEIGHTS}: a lerobot checkpoint folder such as "
-            "pi0_base / pi05_base, an openpi PyTorch checkpoint, or a folder written by rllib_pirl)."
-        )
-    config = {}
-    if os.path.isfile(os.path.join(folder, CONFIG)):
-        with open(os.path.join(folder, CONFIG)) as f:
-            config = json.load(f)
-    return folder, weights, config
-
-
-def _architecture(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PiConfig:
-    ours = config.get("rllib_pirl", {})
-    if "pi_config" in ours:
-        return PiConfig.from_dict(ours["pi_config"])
-    hints = dict(config)
-    for key, size in (("paligemma_variant", "vlm"), ("action_expert_variant", "expert")):
-        if config.get(key) in GEMMA_SIZES:
-            hints.setdefault("num_heads", GEMMA_SIZES[config[key]].num_heads)
-    return infer_pi_config(tensors, hints)
-
-
-def weight_shapes(handle) -> dict[str, torch.Tensor]:
-    """The tensors of an open ``.safetensors`` file as meta tensors: names and shapes, nothing read."""
-    return {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}  # noqa: SIM118
-
-
-def read_architecture(path: str) -> PiConfig:
+def read_architecture(path: str, pi_config=None):
     """A checkpoint's architecture without loading its weights (their shapes only)."""
-    _, weights, config = _checkpoint_files(path)
-    with safe_open(weights, "pt") as handle:
-        return _architecture(config, weight_shapes(handle))
+    return read_pretrained(path, pi_config).pi_config
 
 
-def read_pretrained(path: str) -> dict[str, Any]:
-    """What a checkpoint folder (or a lone ``model.safetensors``) holds: the weights' shapes
-    (``tensors``, meta tensors) and a reader of each (``read``: name → tensor, read from the
-    memory-mapped file when asked), layout, architecture, statistics, tokenizer, and our own
-    settings if we wrote it."""
-    folder, weights, config = _checkpoint_files(path)
-    handle = safe_open(weights, "pt")
-    tensors = weight_shapes(handle)
-    ours = config.get("rllib_pirl", {})
-    pi_config = _architecture(config, tensors)
-    modes = config.get("normalization_mapping")
-    norm_modes = (
-        {
-            "state": _LEROBOT_MODES.get(modes.get("STATE"), "mean_std"),
-            "actions": _LEROBOT_MODES.get(modes.get("ACTION"), "mean_std"),
-        }
-        if modes
-        else None
-    )
-    tokenizer = next(
-        (p for p in (os.path.join(folder, n) for n in (TOKENIZER, "paligemma_tokenizer.model")) if os.path.isfile(p)),
-        None,
-    )
-    rl_heads = os.path.join(folder, RL_HEADS)
-    return {
-        "tensors": tensors,
-        "read": handle.get_tensor,
-        "layout": detect_layout(tensors),
-        "pi_config": pi_config,
-        "norm_stats": _lerobot_stats(folder) or _openpi_stats(folder),
-        "norm_modes": ours.get("norm_modes", norm_modes),
-        "tokenizer": tokenizer,
-        "policy_kwargs": ours.get("policy_kwargs", {}),
-        "rl_heads": load_file(rl_heads) if os.path.isfile(rl_heads) else None,
-        "source": weights,
-    }
+# -- building a policy from a checkpoint ------------------------------------------------------
+def _short_camera(name: str | None) -> str | None:
+    return name.removeprefix(IMAGE_PREFIX) if name else name
 
 
-def load_pretrained(path: str, cls, **kwargs):
-    """Build ``cls`` (a :class:`PiPolicy`) from a checkpoint; ``kwargs`` (the RL
-    config's) override what the checkpoint stores, except the architecture, which
-    must agree with the weights."""
-    info = read_pretrained(path)
-    requested = kwargs.pop("pi_config", None)
-    if requested is not None:
-        requested = requested if isinstance(requested, PiConfig) else PiConfig.from_dict(requested)
-        if requested.variant != info["pi_config"].variant and detect_variant(info["tensors"]):
+def resolve_policy_kwargs(
+    info: Pretrained,
+    requested: dict[str, Any],
+    env_cameras: list[str] | None = None,
+    env_state_dim: int | None = None,
+    new_features: bool = False,
+) -> dict[str, Any]:
+    """The policy's constructor arguments: what the checkpoint fixes, then ``requested`` (the
+    RL config's ``model_kwargs``). Against the env (``env_cameras``, ``env_state_dim``; None:
+    no env, the checkpoint's own) a checkpoint that declares other cameras or another state
+    is refused, unless ``new_features`` (SFT: the demos redefine state, cameras and statistics)."""
+    redefined = ("norm_stats_candidates",) + (("norm_stats", "state_dim", "env_action_dim", "camera_names",
+                                               "n_action_steps") if new_features else ())  # fmt: skip
+    kwargs = {k: v for k, v in info.policy_kwargs.items() if k not in redefined}
+    requested = {k: v for k, v in requested.items() if v is not None}
+    where = info.folder or info.source
+    if isinstance(requested.get("norm_stats"), str):
+        requested["norm_stats"] = read_norm_stats(requested["norm_stats"])
+    if isinstance(requested.get("norm_modes"), str):
+        requested["norm_modes"] = {"state": requested["norm_modes"], "actions": requested["norm_modes"]}
+    if "norm_modes" in requested:
+        requested["norm_modes"] = {**kwargs.get("norm_modes", {}), **requested["norm_modes"]}
+    cameras = requested.pop("camera_keys", None)
+    kwargs.update(requested)
+    modes = kwargs.get("norm_modes") or {}
+    normalised = [name for name in ("state", "actions") if modes.get(name, "mean_std") != "identity"]
+    stats = kwargs.get("norm_stats") or {}
+    if not new_features and normalised and "norm_stats" not in requested and info.format != "rllib_pirl":
+        candidates = info.policy_kwargs.get("norm_stats_candidates")
+        if candidates:
             raise CheckpointMismatch(
-                f"{path} is a {info['pi_config'].variant} checkpoint but pi_config.variant is {requested.variant}: "
-                f"set variant: {info['pi_config'].variant}."
+                f"{where} holds several norm_stats.json files: {[os.path.relpath(c, where) for c in candidates]}. "
+                "Say which one the model was trained with: model_kwargs.norm_stats: PATH (openpi: "
+                "assets/<asset_id>/norm_stats.json, the asset id of its training config)."
             )
-    merged = {**info["policy_kwargs"], **{k: v for k, v in kwargs.items() if v is not None}}
-    merged.setdefault("tokenizer", info["tokenizer"])
-    if info["norm_stats"] is not None:
-        merged.setdefault("norm_stats", info["norm_stats"])
-    if info["norm_modes"] is not None:
-        merged.setdefault("norm_modes", info["norm_modes"])
-    model = cls(pi_config=requested or info["pi_config"], **merged)
-    model.skipped_keys = load_layout_state(model, info["tensors"], info["source"], info["read"])
-    if info["rl_heads"] is not None:
-        heads = {k: v for k, v in info["rl_heads"].items() if k.split(".")[0] in ("value_head", "noise_head")}
-        try:
+        absent = [name for name in normalised if name not in stats]
+        if absent:
+            raise CheckpointMismatch(
+                f"{where}: no normalisation statistics for {absent} found ({info.version}; looked for lerobot's "
+                f"{PREPROCESSOR} / {POSTPROCESSOR}, openpi's assets/<asset_id>/norm_stats.json and RLinf's "
+                "<repo_id>/norm_stats.json). Give them (model_kwargs.norm_stats: a norm_stats.json or its folder) "
+                "or, for a model trained without normalisation, say so: model_kwargs.norm_modes: identity."
+            )
+    # cameras, in the checkpoint's order
+    slots = info.cameras
+    if new_features:
+        kwargs["camera_keys"] = cameras
+    elif cameras is not None:
+        if slots and info.format != "rllib_pirl" and len(cameras) != len(slots):
+            raise CheckpointMismatch(
+                f"model_kwargs.camera_keys has {len(cameras)} cameras, the checkpoint {where} {len(slots)}: "
+                f"{slots}. List the env camera feeding each, in that order (null for a slot to leave empty)."
+            )
+        kwargs["camera_keys"] = list(cameras)
+    elif slots is None:
+        if env_cameras is None:
+            raise CheckpointMismatch(
+                f"{where} ({info.version}) does not record its cameras: pass camera_keys in the model's order "
+                "(openpi: base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb)."
+            )
+        kwargs["camera_keys"] = list(env_cameras)
+    elif env_cameras is None or info.format == "rllib_pirl":
+        kwargs["camera_keys"] = list(slots)
+    else:
+        mapped = [
+            None if _short_camera(s).startswith("empty_camera") else _short_camera(s) if _short_camera(s) in env_cameras
+            else s if s in env_cameras else False
+            for s in slots
+        ]  # fmt: skip
+        if False in mapped:
+            raise CheckpointMismatch(
+                f"{where}: the checkpoint's cameras {[_short_camera(s) for s in slots]} (config.json input_features) "
+                f"are not the env's {env_cameras}. Say which env camera feeds each, in the checkpoint's order: "
+                f"model_kwargs.camera_keys: [{', '.join(env_cameras[: len(slots)])}] (null for a slot to leave empty)."
+            )
+        kwargs["camera_keys"] = mapped
+    if slots and info.format == "lerobot" and not new_features:
+        kwargs["camera_names"] = list(slots)
+    # the state
+    declared = info.policy_kwargs.get("state_dim")
+    if env_state_dim is not None and declared is not None and declared != env_state_dim and not new_features:
+        raise CheckpointMismatch(
+            f"{where} was trained on a {declared}-D state (its input_features / statistics), the env gives "
+            f"{env_state_dim} dims: this checkpoint is for another robot or observation; pick the env's matching "
+            "obs_mode / control_mode, or fine-tune (rllib sft --pretrained) on this env first."
+        )
+    if new_features or "state_dim" in requested:
+        pass
+    elif declared is not None:
+        kwargs["state_dim"] = declared
+    elif env_state_dim is not None:
+        kwargs["state_dim"] = env_state_dim
+    if kwargs.get("state_dim") is None:
+        raise CheckpointMismatch(f"{where} does not record its state's size: pass state_dim.")
+    kwargs.setdefault("tokenizer", tokenizer_in(info.folder) if info.folder else None)
+    return kwargs
+
+
+def summary(info: Pretrained, model) -> str:
+    """One line: what was loaded and how the policy reads observations."""
+    c = model.config
+    names = model.init_kwargs.get("camera_names") or [None] * len(model.camera_keys)
+    cams = ", ".join(
+        f"{_short_camera(n)} ← {k or 'empty'}" if n and _short_camera(n) != k else f"{k or 'empty'}"
+        for n, k in zip(names, model.camera_keys, strict=True)
+    )
+    modes = model.norm_modes
+    norm = (
+        f"state {modes['state']}, actions {modes['actions']} ({model.norm_convention} ε {model.norm_eps:g}) "
+        f"from {info.stats_source or 'the given statistics'}"
+        if any(m != "identity" for m in modes.values())
+        else "identity (none)"
+    )
+    executes = model.init_kwargs.get("n_action_steps")
+    return (
+        f"[pi0] {info.version} {c.variant} from {info.folder or info.source}: horizon {c.chunk_size}"
+        + (f" (executes {executes})" if executes else "")
+        + f", {model.num_inference_steps} denoising steps by default; cameras [{cams}]; state {model.state_dim} / "
+        f"actions {model.output_action_dim} dims (padded {c.max_state_dim} / {c.max_action_dim}); normalisation {norm}; "
+        f"prompt {model.prompt_format}"
+        + (f"; skipped {', '.join(k.removeprefix('paligemma_with_expert.') for k in model.skipped_keys)}"
+           if model.skipped_keys else "")
+    )
+
+
+def load_pretrained(
+    path: str,
+    cls=None,
+    *,
+    env_cameras: list[str] | None = None,
+    env_state_dim: int | None = None,
+    new_features: bool = False,
+    verbose: bool = True,
+    **kwargs,
+):
+    """Build ``cls`` (default :class:`PiPolicy`) from a checkpoint folder of any format
+    (:mod:`~rllib_pirl.models.pi0.formats`), its weights loaded. ``kwargs`` (the RL config's
+    ``model_kwargs``) override what the checkpoint stores (``pi_config``: the parts a format
+    does not record, as a partial dict); ``env_cameras`` / ``env_state_dim``: the env's, to
+    map cameras and refuse a checkpoint made for other features. Prints one summary line."""
+    if cls is None:
+        from rllib_pirl.models.pi0.policy import PiPolicy as cls  # noqa: N813
+    info = read_pretrained(path, kwargs.pop("pi_config", None))
+    merged = resolve_policy_kwargs(info, kwargs, env_cameras, env_state_dim, new_features)
+    model = cls(pi_config=info.pi_config, **merged)
+    model.skipped_keys = load_layout_state(model, info.tensors, info.source, info.read)
+    if info.rl_heads is not None:
+        heads = {k: v for k, v in info.rl_heads.items() if k.split(".")[0] in ("value_head", "noise_head")}
+        own = model.state_dict()
+        if all(k in own and own[k].shape == v.shape for k, v in heads.items()):
             model.load_state_dict(heads, strict=False)
-        except RuntimeError as e:  # head sizes changed in the RL config: keep the new heads
-            print(f"[pi0] RL heads of {path} not loaded ({e.__class__.__name__}): sizes differ from this config.")
+        else:  # head sizes changed in the RL config: keep the new heads
+            model.skipped_keys[RL_HEADS] = "head sizes differ from this config: fresh heads"
+    if verbose:
+        print(summary(info, model), flush=True)
     return model
 
 
+# -- export ---------------------------------------------------------------------------------
+#: lerobot 0.6 PI0Config / PI05Config defaults for the fields this package has no setting for.
+_LEROBOT_DEFAULTS: dict[str, Any] = {
+    "n_obs_steps": 1, "device": "cpu", "use_amp": False, "use_peft": False, "push_to_hub": False, "repo_id": None,
+    "private": None, "tags": None, "license": None, "pretrained_path": None, "pretrained_revision": None,
+    "paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m", "dtype": "float32",
+    "time_sampling_beta_alpha": 1.5, "time_sampling_beta_beta": 1.0, "time_sampling_scale": 0.999,
+    "time_sampling_offset": 0.001, "use_relative_actions": False, "relative_exclude_joints": ["gripper"],
+    "action_feature_names": None, "rtc_config": None, "empty_cameras": 0, "gradient_checkpointing": False,
+    "compile_model": False, "compile_mode": "max-autotune", "freeze_vision_encoder": False,
+    "train_expert_only": False, "optimizer_lr": 2.5e-05, "optimizer_betas": [0.9, 0.95], "optimizer_eps": 1e-08,
+    "optimizer_weight_decay": 0.01, "optimizer_grad_clip_norm": 1.0, "scheduler_warmup_steps": 1000,
+    "scheduler_decay_steps": 30000, "scheduler_decay_lr": 2.5e-06,
+}  # fmt: skip
+_MODE_NAMES = {v: k for k, v in LEROBOT_MODES.items()}
+
+
+def _feature(kind: str, shape) -> dict[str, Any]:
+    return {"type": kind, "shape": list(shape)}
+
+
+def lerobot_config(model) -> dict[str, Any]:
+    """``config.json`` for lerobot 0.6's PI0Config / PI05Config: its fields only."""
+    c = model.config
+    size = [3, c.vision.image_size, c.vision.image_size]
+    inputs = {name: _feature("VISUAL", size) for name in camera_names(model)}
+    inputs[STATE_FEATURE] = _feature("STATE", [model.state_dim])
+    config = {"type": c.variant, **_LEROBOT_DEFAULTS}
+    config.update(
+        {
+            "input_features": inputs,
+            "output_features": {ACTION_FEATURE: _feature("ACTION", [model.output_action_dim])},
+            "dtype": model.init_kwargs.get("dtype", "float32"),
+            "chunk_size": c.chunk_size,
+            "n_action_steps": model.init_kwargs.get("n_action_steps") or c.chunk_size,
+            "max_state_dim": c.max_state_dim,
+            "max_action_dim": c.max_action_dim,
+            "num_inference_steps": model.num_inference_steps,
+            "min_period": c.min_period,
+            "max_period": c.max_period,
+            "image_resolution": size[1:],
+            "tokenizer_max_length": c.max_token_len,
+            "normalization_mapping": {
+                "VISUAL": "IDENTITY",
+                "STATE": _MODE_NAMES[model.norm_modes["state"]],
+                "ACTION": _MODE_NAMES[model.norm_modes["actions"]],
+            },
+        }
+    )
+    order = list(_LEROBOT_DEFAULTS)  # lerobot's field order: type, n_obs_steps, features, …
+    first = ["type", "n_obs_steps", "input_features", "output_features"]
+    return {k: config[k] for k in first + [k for k in order if k not in first] + [k for k in config if k not in order]
+            if k in config}  # fmt: skip
+
+
+def camera_names(model) -> list[str]:
+    """The lerobot feature name of each camera slot."""
+    names = model.init_kwargs.get("camera_names")
+    if names:
+        return list(names)
+    return [IMAGE_PREFIX + (k or f"empty_camera_{i}") for i, k in enumerate(model.camera_keys)]
+
+
+def _stats_file(model, names: list[str]) -> dict[str, torch.Tensor]:
+    flat = {}
+    for name, feature in (("state", STATE_FEATURE), ("actions", ACTION_FEATURE)):
+        for stat, values in ((model.norm_stats or {}).get(name) or {}).items():
+            flat[f"{feature}.{stat}"] = torch.tensor(values, dtype=torch.float32)
+    for camera in names:  # VISUAL is IDENTITY: lerobot keeps image statistics it does not apply
+        flat[f"{camera}.mean"], flat[f"{camera}.std"] = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
+    return flat
+
+
+def _processors(model, names: list[str]) -> tuple[dict, dict]:
+    """lerobot 0.6's ``policy_preprocessor.json`` / ``policy_postprocessor.json`` of this model."""
+    c = model.config
+    size = [3, c.vision.image_size, c.vision.image_size]
+    features = {name: _feature("VISUAL", size) for name in names}
+    features[STATE_FEATURE] = _feature("STATE", [model.state_dim])
+    features[ACTION_FEATURE] = _feature("ACTION", [model.output_action_dim])
+    norm_map = lerobot_config(model)["normalization_mapping"]
+    eps = model.norm_eps if model.norm_convention == "lerobot" else 1e-8
+    relative = {"enabled": False, "exclude_joints": ["gripper"], "action_names": None}
+    steps = [
+        {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
+        {"registry_name": "to_batch_processor", "config": {}},
+    ]
+    if c.variant == "pi0":
+        steps.append({"registry_name": "pi0_new_line_processor", "config": {}})
+    normalizer = {"registry_name": "normalizer_processor", "config": {"eps": eps, "features": features, "norm_map": norm_map}}
+    tokenizer = {
+        "registry_name": "tokenizer_processor",
+        "config": {
+            "max_length": c.max_token_len, "task_key": "task", "padding_side": "right", "padding": "max_length",
+            "truncation": True, "tokenizer_name": "google/paligemma-3b-pt-224",
+        },
+    }  # fmt: skip
+    device = {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}
+    if c.variant == "pi0":
+        steps += [tokenizer, device, {"registry_name": "relative_actions_processor", "config": relative}, normalizer]
+    else:  # π0.5 normalises first: the prompt carries the normalised state
+        steps += [
+            {"registry_name": "relative_actions_processor", "config": relative},
+            normalizer,
+            {"registry_name": "pi05_prepare_state_tokenizer_processor_step", "config": {}},
+            tokenizer,
+            device,
+        ]
+    index = next(i for i, s in enumerate(steps) if s is normalizer)
+    normalizer["state_file"] = f"policy_preprocessor_step_{index}_normalizer_processor.safetensors"
+    unnormalizer = {
+        "registry_name": "unnormalizer_processor",
+        "config": {"eps": eps, "features": {ACTION_FEATURE: features[ACTION_FEATURE]}, "norm_map": norm_map},
+        "state_file": "policy_postprocessor_step_0_unnormalizer_processor.safetensors",
+    }
+    post = [unnormalizer, {"registry_name": "absolute_actions_processor", "config": {"enabled": False}}, device]
+    return {"name": "policy_preprocessor", "steps": steps}, {"name": "policy_postprocessor", "steps": post}
+
+
 def save_pretrained(model, path: str, layout: str = "lerobot", metadata: dict | None = None) -> None:
-    """Write ``model`` to the folder ``path`` (atomically) in ``layout`` with its
-    statistics, tokenizer and RL heads."""
+    """Write ``model`` to the folder ``path`` (atomically). ``lerobot``: what lerobot 0.6's
+    ``from_pretrained`` reads (``config.json`` with its fields only; every weight its strict load
+    expects — the embedding as ``embed_tokens`` and ``lm_head``, and the expert's unused
+    ``lm_head`` as zeros; the processor files with their statistics); ``openpi``: openpi's names,
+    its ``config.json`` and ``assets/rllib_pirl/norm_stats.json``. Both add ``rllib_pirl.json``
+    (our settings), ``rl_heads.safetensors`` and the tokenizer."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     tmp = path.rstrip("/") + ".tmp"
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(tmp)
+    c = model.config
+    weights = {k: v.detach().cpu().contiguous() for k, v in layout_state(model).items()}
+    if layout == "lerobot":
+        weights[_LM_EMBED] = weights[_EMBED].clone()
+        weights[_EXPERT_HEAD] = torch.zeros(c.vocab_size, c.expert.width, dtype=weights[_EMBED].dtype)
     prefix = "model." if layout == "lerobot" else ""
-    save_file(
-        {prefix + k: v.detach().cpu().contiguous() for k, v in layout_state(model).items()}, os.path.join(tmp, WEIGHTS)
-    )
+    save_file({prefix + k: v for k, v in weights.items()}, os.path.join(tmp, WEIGHTS))
     head_keys = model.rl_head_state_keys()
     heads = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in head_keys}
     save_file(heads, os.path.join(tmp, RL_HEADS))
     shutil.copyfile(model.tokenizer.path, os.path.join(tmp, TOKENIZER))
-    c = model.config
-    kwargs = {
-        k: v for k, v in model.init_kwargs.items() if k not in ("pi_config", "tokenizer", "norm_stats", "norm_modes")
+    from rllib_pirl import __version__
+
+    kwargs = {k: v for k, v in model.init_kwargs.items() if k not in ("pi_config", "tokenizer", "norm_stats")}
+    ours = {
+        "version": __version__,
+        "model_class": f"{type(model).__module__}:{type(model).__name__}",
+        "pi_config": c.to_dict(),
+        "norm_stats": model.norm_stats,
+        "policy_kwargs": kwargs,
+        "metadata": metadata or {},
     }
-    inverse = {v: k for k, v in _LEROBOT_MODES.items() if k != "QUANTILE10"}
-    config = {
-        "type": c.variant,
-        "chunk_size": c.chunk_size,
-        "max_state_dim": c.max_state_dim,
-        "max_action_dim": c.max_action_dim,
-        "tokenizer_max_length": c.max_token_len,
-        "image_resolution": [c.vision.image_size, c.vision.image_size],
-        "normalization_mapping": {
-            "VISUAL": "IDENTITY",
-            "STATE": inverse[model.norm_modes["state"]],
-            "ACTION": inverse[model.norm_modes["actions"]],
-        },
-        "rllib_pirl": {
-            "model_class": f"{type(model).__module__}:{type(model).__name__}",
-            "pi_config": c.to_dict(),
-            "norm_modes": model.norm_modes,
-            "policy_kwargs": kwargs,
-            "metadata": metadata or {},
-        },
-    }
-    with open(os.path.join(tmp, CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
-    if model.norm_stats:
-        flat = {
-            f"{_STAT_NAMES[name]}.{stat}": torch.tensor(values, dtype=torch.float32)
-            for name, entry in model.norm_stats.items()
-            for stat, values in entry.items()
+    _write_json(os.path.join(tmp, OURS), ours)
+    if layout == "lerobot":
+        names = camera_names(model)
+        _write_json(os.path.join(tmp, CONFIG), lerobot_config(model))
+        pre, post = _processors(model, names)
+        stats = _stats_file(model, names)
+        for name, processor in ((PREPROCESSOR, pre), (POSTPROCESSOR, post)):
+            _write_json(os.path.join(tmp, name), processor)
+            for step in processor["steps"]:
+                if "state_file" in step:
+                    save_file(stats, os.path.join(tmp, step["state_file"]))
+    else:
+        openpi = {
+            "action_dim": c.max_action_dim,
+            "action_horizon": c.chunk_size,
+            "paligemma_variant": "gemma_2b",
+            "action_expert_variant": "gemma_300m",
+            "precision": model.init_kwargs.get("dtype", "float32"),
         }
-        save_file(flat, os.path.join(tmp, STATS))
-        if layout == "openpi":
+        _write_json(os.path.join(tmp, CONFIG), openpi)
+        if model.norm_stats:
             os.makedirs(os.path.join(tmp, "assets", "rllib_pirl"))
-            with open(os.path.join(tmp, "assets", "rllib_pirl", "norm_stats.json"), "w") as f:
-                json.dump({"norm_stats": model.norm_stats}, f)
+            _write_json(os.path.join(tmp, "assets", "rllib_pirl", "norm_stats.json"), {"norm_stats": model.norm_stats})
     if os.path.exists(path):
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+__all__ = [
+    "CheckpointMismatch",
+    "find_norm_stats",
+    "layout_state",
+    "load_layout_state",
+    "load_pretrained",
+    "read_architecture",
+    "read_pretrained",
+    "save_pretrained",
+]
