@@ -34,6 +34,7 @@ from typing import Any
 from rllib_pirl.errors import UsageError
 from rllib_pirl.imports import import_object
 from rllib_pirl.models.checkpoint import is_model_checkpoint
+from rllib_pirl.models.pi0.layouts import check_pretrained
 from rllib_pirl.searches import (
     candidates,
     has_space,
@@ -109,6 +110,11 @@ def config_dict_for_rllib(config: dict[str, Any]) -> dict[str, Any]:
                         )
                     )
                 kwargs[key] = path
+        if isinstance(kwargs.get("pretrained"), str):  # its format, architecture and statistics
+            try:
+                check_pretrained(kwargs["pretrained"], kwargs)
+            except (ValueError, FileNotFoundError) as e:
+                raise UsageError(f"model_config.model_kwargs.pretrained: {e}") from None
         if kwargs:
             model_config["model_kwargs"] = kwargs
         config["_model_config"] = model_config

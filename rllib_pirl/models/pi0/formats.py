@@ -198,7 +198,12 @@ def read_pretrained(path: str, pi_config: dict[str, Any] | PiConfig | None = Non
             f"{config_path} is neither lerobot's (no 'type') nor openpi's ({sorted(OPENPI_FIELDS)}) nor rllib_pirl's: "
             f"unknown checkpoint format (keys {sorted(config)[:10]})."
         )
-    info = reader(folder, weights, config, tensors, handle.get_tensor)
+    try:
+        info = reader(folder, weights, config, tensors, handle.get_tensor)
+    except CheckpointMismatch as e:
+        if folder in str(e):
+            raise
+        raise CheckpointMismatch(f"{folder or weights}: {e}") from None
     info.pi_config = _override(info.pi_config, pi_config)
     _check_variant(info)
     return info
@@ -249,7 +254,13 @@ def infer_pi_config(tensors: dict[str, torch.Tensor], variant: str | None = None
     (``chunk_size``, ``max_token_len``, ``min_period`` …, ``heads``: {"vlm": n, "expert": n};
     head counts default to openpi's 8 per Gemma and So400m's 16 for SigLIP)."""
     t = {k.removeprefix("model."): v for k, v in tensors.items()}
-    variant = variant or detect_variant(t)
+    found = detect_variant(t)
+    if variant and found and variant != found:
+        raise CheckpointMismatch(
+            f"the weights are a {found} checkpoint but its config says {variant} (config.json 'type'): the config "
+            "does not belong to these weights."
+        )
+    variant = variant or found
     if variant not in ("pi0", "pi05"):
         raise CheckpointMismatch("Cannot tell whether this is a π0 or a π0.5 checkpoint (no state_proj / time_mlp).")
     lm = "paligemma_with_expert.paligemma.model.language_model."
@@ -459,8 +470,6 @@ def _read_openpi(folder, weights, config, tensors, read) -> Pretrained:
         stats = read_norm_stats(files[0])
         kwargs["norm_stats"] = stats
         source = os.path.relpath(files[0], folder)
-        if "state" in stats and "mean" in stats["state"]:
-            kwargs["state_dim"] = len(stats["state"]["mean"])
     elif len(files) > 1:
         kwargs["norm_stats_candidates"] = files
     return Pretrained(

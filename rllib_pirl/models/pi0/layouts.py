@@ -180,87 +180,115 @@ def resolve_policy_kwargs(
                                                "n_action_steps") if new_features else ())  # fmt: skip
     kwargs = {k: v for k, v in info.policy_kwargs.items() if k not in redefined}
     requested = {k: v for k, v in requested.items() if v is not None}
-    where = info.folder or info.source
-    if isinstance(requested.get("norm_stats"), str):
-        requested["norm_stats"] = read_norm_stats(requested["norm_stats"])
-    if isinstance(requested.get("norm_modes"), str):
-        requested["norm_modes"] = {"state": requested["norm_modes"], "actions": requested["norm_modes"]}
-    if "norm_modes" in requested:
-        requested["norm_modes"] = {**kwargs.get("norm_modes", {}), **requested["norm_modes"]}
     cameras = requested.pop("camera_keys", None)
-    kwargs.update(requested)
-    modes = kwargs.get("norm_modes") or {}
-    normalised = [name for name in ("state", "actions") if modes.get(name, "mean_std") != "identity"]
-    stats = kwargs.get("norm_stats") or {}
-    if not new_features and normalised and "norm_stats" not in requested and info.format != "rllib_pirl":
-        candidates = info.policy_kwargs.get("norm_stats_candidates")
-        if candidates:
-            raise CheckpointMismatch(
-                f"{where} holds several norm_stats.json files: {[os.path.relpath(c, where) for c in candidates]}. "
-                "Say which one the model was trained with: model_kwargs.norm_stats: PATH (openpi: "
-                "assets/<asset_id>/norm_stats.json, the asset id of its training config)."
-            )
-        absent = [name for name in normalised if name not in stats]
-        if absent:
-            raise CheckpointMismatch(
-                f"{where}: no normalisation statistics for {absent} found ({info.version}; looked for lerobot's "
-                f"{PREPROCESSOR} / {POSTPROCESSOR}, openpi's assets/<asset_id>/norm_stats.json and RLinf's "
-                "<repo_id>/norm_stats.json). Give them (model_kwargs.norm_stats: a norm_stats.json or its folder) "
-                "or, for a model trained without normalisation, say so: model_kwargs.norm_modes: identity."
-            )
-    # cameras, in the checkpoint's order
-    slots = info.cameras
-    if new_features:
-        kwargs["camera_keys"] = cameras
-    elif cameras is not None:
-        if slots and info.format != "rllib_pirl" and len(cameras) != len(slots):
-            raise CheckpointMismatch(
-                f"model_kwargs.camera_keys has {len(cameras)} cameras, the checkpoint {where} {len(slots)}: "
-                f"{slots}. List the env camera feeding each, in that order (null for a slot to leave empty)."
-            )
-        kwargs["camera_keys"] = list(cameras)
-    elif slots is None:
-        if env_cameras is None:
-            raise CheckpointMismatch(
-                f"{where} ({info.version}) does not record its cameras: pass camera_keys in the model's order "
-                "(openpi: base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb)."
-            )
-        kwargs["camera_keys"] = list(env_cameras)
-    elif env_cameras is None or info.format == "rllib_pirl":
-        kwargs["camera_keys"] = list(slots)
-    else:
-        mapped = [
-            None if _short_camera(s).startswith("empty_camera") else _short_camera(s) if _short_camera(s) in env_cameras
-            else s if s in env_cameras else False
-            for s in slots
-        ]  # fmt: skip
-        if False in mapped:
-            raise CheckpointMismatch(
-                f"{where}: the checkpoint's cameras {[_short_camera(s) for s in slots]} (config.json input_features) "
-                f"are not the env's {env_cameras}. Say which env camera feeds each, in the checkpoint's order: "
-                f"model_kwargs.camera_keys: [{', '.join(env_cameras[: len(slots)])}] (null for a slot to leave empty)."
-            )
-        kwargs["camera_keys"] = mapped
-    if slots and info.format == "lerobot" and not new_features:
-        kwargs["camera_names"] = list(slots)
-    # the state
+    kwargs.update(_normalisation(info, requested, new_features))
+    kwargs.update({k: v for k, v in requested.items() if k not in ("norm_stats", "norm_modes")})
+    kwargs["camera_keys"] = cameras if new_features else _cameras(info, cameras, env_cameras)
+    if info.cameras and info.format == "lerobot" and not new_features:
+        kwargs["camera_names"] = list(info.cameras)
     declared = info.policy_kwargs.get("state_dim")
+    state_stats = ((kwargs.get("norm_stats") or {}).get("state") or {}).values()
+    if declared is None and state_stats and not new_features:  # openpi / RLinf: the statistics' size
+        declared = len(next(iter(state_stats)))
     if env_state_dim is not None and declared is not None and declared != env_state_dim and not new_features:
         raise CheckpointMismatch(
-            f"{where} was trained on a {declared}-D state (its input_features / statistics), the env gives "
+            f"{_where(info)} was trained on a {declared}-D state (its input_features / statistics), the env gives "
             f"{env_state_dim} dims: this checkpoint is for another robot or observation; pick the env's matching "
             "obs_mode / control_mode, or fine-tune (rllib sft --pretrained) on this env first."
         )
-    if new_features or "state_dim" in requested:
-        pass
-    elif declared is not None:
-        kwargs["state_dim"] = declared
-    elif env_state_dim is not None:
-        kwargs["state_dim"] = env_state_dim
+    if not new_features and "state_dim" not in requested:
+        kwargs["state_dim"] = declared if declared is not None else env_state_dim
     if kwargs.get("state_dim") is None:
-        raise CheckpointMismatch(f"{where} does not record its state's size: pass state_dim.")
+        raise CheckpointMismatch(f"{_where(info)} does not record its state's size: pass state_dim.")
     kwargs.setdefault("tokenizer", tokenizer_in(info.folder) if info.folder else None)
     return kwargs
+
+
+def _where(info: Pretrained) -> str:
+    return info.folder or info.source
+
+
+def _normalisation(info: Pretrained, requested: dict[str, Any], new_features: bool = False) -> dict[str, Any]:
+    """``norm_stats`` / ``norm_modes``: the checkpoint's, or the requested ones (``norm_stats``:
+    a dict, or the path of a ``norm_stats.json`` / its folder; ``norm_modes``: a dict, or one
+    mode for both, e.g. ``identity``). Statistics that a normalising mode needs and that were
+    not found are an error (unless ``new_features``: SFT computes them)."""
+    out = {}
+    stats = requested.get("norm_stats", info.policy_kwargs.get("norm_stats"))
+    if isinstance(stats, str):
+        stats = read_norm_stats(stats)
+    modes = requested.get("norm_modes")
+    if isinstance(modes, str):
+        modes = {"state": modes, "actions": modes}
+    modes = {**(info.policy_kwargs.get("norm_modes") or {}), **(modes or {})}
+    if modes:
+        out["norm_modes"] = modes
+    if not new_features:
+        out["norm_stats"] = stats
+    normalised = [name for name in ("state", "actions") if modes.get(name, "mean_std") != "identity"]
+    if new_features or not normalised or "norm_stats" in requested or info.format == "rllib_pirl":
+        return out
+    candidates = info.policy_kwargs.get("norm_stats_candidates")
+    if candidates:
+        raise CheckpointMismatch(
+            f"{_where(info)} holds several norm_stats.json files: {[os.path.relpath(c, _where(info)) for c in candidates]}. "
+            "Say which one the model was trained with: model_kwargs.norm_stats: PATH (openpi: "
+            "assets/<asset_id>/norm_stats.json, the asset id of its training config)."
+        )
+    absent = [name for name in normalised if name not in (stats or {})]
+    if absent:
+        raise CheckpointMismatch(
+            f"{_where(info)}: no normalisation statistics for {absent} found ({info.version}; looked for lerobot's "
+            f"{PREPROCESSOR} / {POSTPROCESSOR}, openpi's assets/<asset_id>/norm_stats.json and RLinf's "
+            "<repo_id>/norm_stats.json). Give them (model_kwargs.norm_stats: a norm_stats.json or its folder) "
+            "or, for a model trained without normalisation, say so: model_kwargs.norm_modes: identity."
+        )
+    return out
+
+
+def _cameras(info: Pretrained, requested: list | None, env_cameras: list[str] | None) -> list:
+    """The env camera (None: an empty slot) of each of the checkpoint's camera slots, in its order."""
+    slots = info.cameras
+    if requested is not None:
+        if slots and info.format != "rllib_pirl" and len(requested) != len(slots):
+            raise CheckpointMismatch(
+                f"model_kwargs.camera_keys has {len(requested)} cameras, the checkpoint {_where(info)} {len(slots)}: "
+                f"{slots}. List the env camera feeding each, in that order (null for a slot to leave empty)."
+            )
+        return list(requested)
+    if slots is None:
+        if env_cameras is None:
+            raise CheckpointMismatch(
+                f"{_where(info)} ({info.version}) does not record its cameras: pass camera_keys in the model's order "
+                "(openpi: base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb)."
+            )
+        return list(env_cameras)
+    if env_cameras is None or info.format == "rllib_pirl":
+        return list(slots)
+    mapped = []
+    for slot in slots:
+        short = _short_camera(slot)
+        if short.startswith("empty_camera"):  # lerobot's empty_cameras: black and masked out
+            mapped.append(None)
+        elif short in env_cameras or slot in env_cameras:
+            mapped.append(short if short in env_cameras else slot)
+        else:
+            raise CheckpointMismatch(
+                f"{_where(info)}: the checkpoint's cameras {[_short_camera(s) for s in slots]} (config.json "
+                f"input_features) are not the env's {env_cameras}. Say which env camera feeds each, in the "
+                f"checkpoint's order: model_kwargs.camera_keys: [{', '.join(env_cameras[: len(slots)])}] (null for a "
+                "slot to leave empty)."
+            )
+    return mapped
+
+
+def check_pretrained(path: str, model_kwargs: dict[str, Any] | None = None) -> Pretrained:
+    """What can be checked of ``model_kwargs.pretrained`` before Ray starts (no env yet): the
+    files, the format, the architecture and the statistics. Raises :class:`CheckpointMismatch`."""
+    kwargs = dict(model_kwargs or {})
+    info = read_pretrained(path, kwargs.get("pi_config"))
+    _normalisation(info, {k: v for k, v in kwargs.items() if v is not None})
+    return info
 
 
 def summary(info: Pretrained, model) -> str:
@@ -324,14 +352,17 @@ def load_pretrained(
 
 
 # -- export ---------------------------------------------------------------------------------
-#: lerobot 0.6 PI0Config / PI05Config defaults for the fields this package has no setting for.
-_LEROBOT_DEFAULTS: dict[str, Any] = {
-    "n_obs_steps": 1, "device": "cpu", "use_amp": False, "use_peft": False, "push_to_hub": False, "repo_id": None,
-    "private": None, "tags": None, "license": None, "pretrained_path": None, "pretrained_revision": None,
-    "paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m", "dtype": "float32",
-    "time_sampling_beta_alpha": 1.5, "time_sampling_beta_beta": 1.0, "time_sampling_scale": 0.999,
-    "time_sampling_offset": 0.001, "use_relative_actions": False, "relative_exclude_joints": ["gripper"],
-    "action_feature_names": None, "rtc_config": None, "empty_cameras": 0, "gradient_checkpointing": False,
+#: lerobot 0.6's PI0Config / PI05Config fields in its order, with its defaults (None: set from the model).
+_LEROBOT_FIELDS: dict[str, Any] = {
+    "type": None, "n_obs_steps": 1, "input_features": None, "output_features": None, "device": "cpu",
+    "use_amp": False, "use_peft": False, "push_to_hub": False, "repo_id": None, "private": None, "tags": None,
+    "license": None, "pretrained_path": None, "pretrained_revision": None, "paligemma_variant": "gemma_2b",
+    "action_expert_variant": "gemma_300m", "dtype": None, "chunk_size": None, "n_action_steps": None,
+    "max_state_dim": None, "max_action_dim": None, "num_inference_steps": None, "time_sampling_beta_alpha": 1.5,
+    "time_sampling_beta_beta": 1.0, "time_sampling_scale": 0.999, "time_sampling_offset": 0.001,
+    "min_period": None, "max_period": None, "use_relative_actions": False, "relative_exclude_joints": ["gripper"],
+    "action_feature_names": None, "rtc_config": None, "image_resolution": None, "empty_cameras": 0,
+    "tokenizer_max_length": None, "normalization_mapping": None, "gradient_checkpointing": False,
     "compile_model": False, "compile_mode": "max-autotune", "freeze_vision_encoder": False,
     "train_expert_only": False, "optimizer_lr": 2.5e-05, "optimizer_betas": [0.9, 0.95], "optimizer_eps": 1e-08,
     "optimizer_weight_decay": 0.01, "optimizer_grad_clip_norm": 1.0, "scheduler_warmup_steps": 1000,
@@ -350,32 +381,27 @@ def lerobot_config(model) -> dict[str, Any]:
     size = [3, c.vision.image_size, c.vision.image_size]
     inputs = {name: _feature("VISUAL", size) for name in camera_names(model)}
     inputs[STATE_FEATURE] = _feature("STATE", [model.state_dim])
-    config = {"type": c.variant, **_LEROBOT_DEFAULTS}
-    config.update(
-        {
-            "input_features": inputs,
-            "output_features": {ACTION_FEATURE: _feature("ACTION", [model.output_action_dim])},
-            "dtype": model.init_kwargs.get("dtype", "float32"),
-            "chunk_size": c.chunk_size,
-            "n_action_steps": model.init_kwargs.get("n_action_steps") or c.chunk_size,
-            "max_state_dim": c.max_state_dim,
-            "max_action_dim": c.max_action_dim,
-            "num_inference_steps": model.num_inference_steps,
-            "min_period": c.min_period,
-            "max_period": c.max_period,
-            "image_resolution": size[1:],
-            "tokenizer_max_length": c.max_token_len,
-            "normalization_mapping": {
-                "VISUAL": "IDENTITY",
-                "STATE": _MODE_NAMES[model.norm_modes["state"]],
-                "ACTION": _MODE_NAMES[model.norm_modes["actions"]],
-            },
-        }
-    )
-    order = list(_LEROBOT_DEFAULTS)  # lerobot's field order: type, n_obs_steps, features, …
-    first = ["type", "n_obs_steps", "input_features", "output_features"]
-    return {k: config[k] for k in first + [k for k in order if k not in first] + [k for k in config if k not in order]
-            if k in config}  # fmt: skip
+    return {
+        **_LEROBOT_FIELDS,
+        "type": c.variant,
+        "input_features": inputs,
+        "output_features": {ACTION_FEATURE: _feature("ACTION", [model.output_action_dim])},
+        "dtype": model.init_kwargs.get("dtype", "float32"),
+        "chunk_size": c.chunk_size,
+        "n_action_steps": model.init_kwargs.get("n_action_steps") or c.chunk_size,
+        "max_state_dim": c.max_state_dim,
+        "max_action_dim": c.max_action_dim,
+        "num_inference_steps": model.num_inference_steps,
+        "min_period": c.min_period,
+        "max_period": c.max_period,
+        "image_resolution": size[1:],
+        "tokenizer_max_length": c.max_token_len,
+        "normalization_mapping": {
+            "VISUAL": "IDENTITY",
+            "STATE": _MODE_NAMES[model.norm_modes["state"]],
+            "ACTION": _MODE_NAMES[model.norm_modes["actions"]],
+        },
+    }
 
 
 def camera_names(model) -> list[str]:
