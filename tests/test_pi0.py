@@ -55,13 +55,16 @@ def make_obs(batch=3, size=32, seed=0):
 
 
 def transformers_pi0(pc: PiConfig, folder):
-    """transformers' native π0 of the same size, loaded from our lerobot-layout file
+    """transformers' native π0 / π0.5 of the same size, loaded from our lerobot-layout file
     through transformers' own key conversion."""
-    from transformers import PI0Config, PI0ForConditionalGeneration
+    import transformers
+
+    name = "PI0" if pc.variant == "pi0" else "PI05"
+    config_cls, model_cls = getattr(transformers, f"{name}Config"), getattr(transformers, f"{name}ForConditionalGeneration")
 
     v, e, vis = pc.vlm, pc.expert, pc.vision
     gemma = {"model_type": "gemma", "num_hidden_layers": v.depth, "num_attention_heads": v.num_heads}
-    cfg = PI0Config(
+    cfg = config_cls(
         vlm_config={
             "model_type": "paligemma",
             "text_config": dict(
@@ -94,24 +97,28 @@ def transformers_pi0(pc: PiConfig, folder):
             head_dim=e.head_dim,
         ),
         chunk_size=pc.chunk_size,
-        max_state_dim=pc.max_state_dim,
         max_action_dim=pc.max_action_dim,
+        **({"max_state_dim": pc.max_state_dim} if pc.variant == "pi0" else {}),
     )
     cfg.save_pretrained(folder)
-    model, info = PI0ForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
+    model, info = model_cls.from_pretrained(folder, output_loading_info=True)
     return model.eval(), info
 
 
-def test_pi0_matches_transformers_pi0(tokenizer, tmp_path):
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_pi0_matches_transformers_pi0(tokenizer, tmp_path, variant):
     """Same tiny random weights (through a lerobot-layout file), same noise: same
-    actions after K steps (≤ 1e-4) and the same flow-matching loss."""
-    ours = make_policy(tokenizer)
+    actions after K steps (≤ 1e-4) and the same flow-matching loss as transformers'
+    PI0ForConditionalGeneration / PI05ForConditionalGeneration."""
+    ours = make_policy(tokenizer, variant)
     save_pretrained(ours, str(tmp_path / "ck"))
     os.makedirs(tmp_path / "hf")
     os.replace(tmp_path / "ck" / "model.safetensors", tmp_path / "hf" / "model.safetensors")
     ref, info = transformers_pi0(ours.config, str(tmp_path / "hf"))
     # Every key transformers expects (the expert's unused token embedding: our export's zeros).
     assert not info["missing_keys"] and not info["unexpected_keys"]
+    if variant == "pi05":  # released files' norms and adaptive norms are not trivial
+        assert any(".dense." in k for k in load_file(str(tmp_path / "hf" / "model.safetensors")))
 
     obs, b, c = make_obs(), 3, ours.config
     noise = torch.randn(b, c.chunk_size, c.max_action_dim, generator=torch.Generator().manual_seed(1))
@@ -123,7 +130,7 @@ def test_pi0_matches_transformers_pi0(tokenizer, tmp_path):
         input_ids = torch.cat([torch.full((b, per_image), c.vocab_size - 1), tokens], 1)
         attention = torch.cat([torch.ones(b, per_image, dtype=torch.long), token_mask.long()], 1)
         kwargs = {
-            "state": context.state,
+            **({"state": context.state} if variant == "pi0" else {}),
             "input_ids": input_ids,
             "pixel_values": ours.images(obs)[0],
             "attention_mask": attention,
