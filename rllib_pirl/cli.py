@@ -230,7 +230,15 @@ def cmd_export(args) -> int:
     from rllib_pirl.models.checkpoint import save_model
 
     module, _ = load_algorithm_checkpoint(args.checkpoint)
-    save_model(module.model, args.out, metadata={"from": os.path.abspath(args.checkpoint)})
+    metadata = {"from": os.path.abspath(args.checkpoint)}
+    if args.layout != "lerobot":
+        if not hasattr(module.model, "save_pretrained"):
+            raise UsageError(
+                f"--layout {args.layout} is for π0 / π0.5 models; this checkpoint holds {type(module.model).__name__}."
+            )
+        module.model.save_pretrained(args.out, layout=args.layout, metadata=metadata)
+    else:
+        save_model(module.model, args.out, metadata=metadata)
     print(f"[export] wrote {args.out}")
     return 0
 
@@ -434,10 +442,16 @@ def make_parser() -> argparse.ArgumentParser:
         help="write the model of an algorithm checkpoint as a model checkpoint",
         description="Write the model of an algorithm checkpoint (a trial's checkpoint_00000N) as a model "
         "checkpoint folder: RL continues from it with model_config: {init_checkpoint: OUT}; π0 / π0.5 are "
-        "written in the lerobot layout.",
+        "written as lerobot 0.6 writes them (its from_pretrained loads the folder), or in openpi's layout.",
     )
     ex.add_argument("checkpoint", help="an algorithm checkpoint folder")
     ex.add_argument("--out", required=True, help="the model checkpoint folder to write")
+    ex.add_argument(
+        "--layout",
+        choices=("lerobot", "openpi"),
+        default="lerobot",
+        help="π0 / π0.5: lerobot's folder (default) or openpi's (its names, config.json, assets/…/norm_stats.json)",
+    )
     ex.set_defaults(func=cmd_export)
     tk = sub.add_parser(
         "tokenizer",

@@ -26,13 +26,23 @@ EMBED = "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weigh
 LM_HEAD = "paligemma_with_expert.paligemma.lm_head.weight"
 
 
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path, data):
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
 def load(folder, **kwargs):
     kwargs.setdefault("pi_config", HEADS)
     return load_pretrained(folder, tokenizer=TOKENIZER, verbose=False, **kwargs).eval()
 
 
 def fixture(variant):
-    inputs = json.load(open(os.path.join(FIXTURES, f"{variant}_inputs.json")))
+    inputs = read_json(os.path.join(FIXTURES, f"{variant}_inputs.json"))
     ref = load_file(os.path.join(FIXTURES, f"{variant}_ref.safetensors"))
     proc = load_file(os.path.join(FIXTURES, f"{variant}_proc.safetensors"))
     return inputs, ref, proc
@@ -64,7 +74,9 @@ def test_lerobot_folder_matches_lerobot_model(variant):
 
     b, cams = ref["images"].shape[:2]
     with torch.no_grad():
-        cache = model.backbone.prefix(ref["images"], torch.ones(b, cams, dtype=torch.bool), ref["tokens"], ref["masks"].bool())
+        cache = model.backbone.prefix(
+            ref["images"], torch.ones(b, cams, dtype=torch.bool), ref["tokens"], ref["masks"].bool()
+        )
         context = PiContext(cache, ref["state"])
         chain = sample_chain(lambda x, t: model.velocity(context, x, t), ref["noise"], 5)
         assert (chain.actions - ref["actions"]).abs().max().item() <= 1e-4
@@ -141,18 +153,16 @@ def copy_fixture(tmp_path, variant, name=None):
 
 
 def edit_json(path, **changes):
-    with open(path) as f:
-        data = json.load(f)
-    data.update(changes)
-    with open(path, "w") as f:
-        json.dump(data, f)
+    write_json(path, {**read_json(path), **changes})
 
 
 # -- openpi and RLinf layouts of the same weights ------------------------------------------------
 def openpi_weights(variant):
     """The fixture's weights under openpi's names: no ``model.`` prefix, the embedding stored
     once as the tied lm_head."""
-    weights = {k.removeprefix("model."): v for k, v in load_file(os.path.join(FIXTURES, variant, "model.safetensors")).items()}
+    weights = {
+        k.removeprefix("model."): v for k, v in load_file(os.path.join(FIXTURES, variant, "model.safetensors")).items()
+    }
     weights[LM_HEAD] = weights.pop(EMBED)
     return weights
 
@@ -256,11 +266,11 @@ def test_every_lerobot_normalisation_mode(tmp_path, mode):
     edit_json(os.path.join(folder, "config.json"), normalization_mapping=norm_map)
     for name in ("policy_preprocessor.json", "policy_postprocessor.json"):
         path = os.path.join(folder, name)
-        data = json.load(open(path))
+        data = read_json(path)
         for step in data["steps"]:
             if "norm_map" in step.get("config", {}):
                 step["config"]["norm_map"] = norm_map
-        json.dump(data, open(path, "w"))
+        write_json(path, data)
     model = load(folder)
     stats = load_file(os.path.join(folder, "policy_preprocessor_step_6_normalizer_processor.safetensors"))
     x = torch.randn(5, 10, generator=torch.Generator().manual_seed(0)) * 2
@@ -294,7 +304,7 @@ def test_bad_checkpoints_are_refused_before_any_rollout(tmp_path):
         read_pretrained(folder)
     # a config.json of no known format; a lerobot policy that is not π0
     folder = copy_fixture(tmp_path, "pi0", "unknown")
-    json.dump({"hidden_size": 3}, open(os.path.join(folder, "config.json"), "w"))
+    write_json(os.path.join(folder, "config.json"), {"hidden_size": 3})
     with pytest.raises(CheckpointMismatch, match="unknown checkpoint format"):
         read_pretrained(folder)
     edit_json(os.path.join(folder, "config.json"), type="act")
@@ -359,15 +369,27 @@ def test_env_features_that_disagree_are_refused(tmp_path):
     with pytest.raises(CheckpointMismatch, match=r"cameras \['base_0_rgb', 'left_wrist_0_rgb'\] .* not the env's"):
         PiPolicy.from_spaces(obs_space(["base_camera", "hand_camera"]), actions, pretrained=folder, **common)
     mapped = PiPolicy.from_spaces(
-        obs_space(["base_camera", "hand_camera"]), actions, pretrained=folder, camera_keys=["base_camera", "hand_camera"], **common
+        obs_space(["base_camera", "hand_camera"]),
+        actions,
+        pretrained=folder,
+        camera_keys=["base_camera", "hand_camera"],
+        **common,
     )
     assert mapped.camera_keys == ["base_camera", "hand_camera"]
     named = PiPolicy.from_spaces(obs_space(CAMERAS), actions, pretrained=folder, **common)
     assert named.camera_keys == CAMERAS
     with pytest.raises(CheckpointMismatch, match="has 1 cameras, the checkpoint .* 2"):
-        PiPolicy.from_spaces(obs_space(["base_camera"]), actions, pretrained=folder, camera_keys=["base_camera"], **common)
-    one = PiPolicy.from_spaces(obs_space(["base_camera"]), actions, pretrained=folder, camera_keys=["base_camera", None], **common)
-    obs = {"state": torch.zeros(2, 10), "base_camera": torch.zeros(2, 32, 32, 3, dtype=torch.uint8), "task_id": torch.zeros(2, 1)}
+        PiPolicy.from_spaces(
+            obs_space(["base_camera"]), actions, pretrained=folder, camera_keys=["base_camera"], **common
+        )
+    one = PiPolicy.from_spaces(
+        obs_space(["base_camera"]), actions, pretrained=folder, camera_keys=["base_camera", None], **common
+    )
+    obs = {
+        "state": torch.zeros(2, 10),
+        "base_camera": torch.zeros(2, 32, 32, 3, dtype=torch.uint8),
+        "task_id": torch.zeros(2, 1),
+    }
     images, mask = one.images(obs)
     assert mask.tolist() == [[True, False]] * 2 and bool((images[:, 1] == -1).all())
     with pytest.raises(CheckpointMismatch, match="trained on a 10-D state .* the env gives 9 dims"):
@@ -382,7 +404,7 @@ def tensor_shapes(path):
 
 
 def processor_steps(folder, name):
-    data = json.load(open(os.path.join(folder, name)))
+    data = read_json(os.path.join(folder, name))
     return [(s["registry_name"], s["config"], s.get("state_file")) for s in data["steps"]]
 
 
@@ -395,13 +417,15 @@ def test_export_is_what_lerobot_writes(tmp_path, variant):
     model = load(source)
     out = str(tmp_path / "export")
     save_pretrained(model, out)
-    theirs, ours = (json.load(open(os.path.join(f, "config.json"))) for f in (source, out))
+    theirs, ours = (read_json(os.path.join(f, "config.json")) for f in (source, out))
     assert set(ours) == set(theirs)
     for key in ("type", "input_features", "output_features", "chunk_size", "n_action_steps", "max_state_dim",
                 "max_action_dim", "num_inference_steps", "image_resolution", "normalization_mapping",
                 "tokenizer_max_length", "use_relative_actions", "min_period", "max_period"):  # fmt: skip
         assert ours[key] == theirs[key], key
-    assert tensor_shapes(os.path.join(out, "model.safetensors")) == tensor_shapes(os.path.join(source, "model.safetensors"))
+    assert tensor_shapes(os.path.join(out, "model.safetensors")) == tensor_shapes(
+        os.path.join(source, "model.safetensors")
+    )
     for name in ("policy_preprocessor.json", "policy_postprocessor.json"):
         assert processor_steps(out, name) == processor_steps(source, name)
         for _, _, state_file in processor_steps(out, name):

@@ -60,7 +60,10 @@ def transformers_pi0(pc: PiConfig, folder):
     import transformers
 
     name = "PI0" if pc.variant == "pi0" else "PI05"
-    config_cls, model_cls = getattr(transformers, f"{name}Config"), getattr(transformers, f"{name}ForConditionalGeneration")
+    config_cls, model_cls = (
+        getattr(transformers, f"{name}Config"),
+        getattr(transformers, f"{name}ForConditionalGeneration"),
+    )
 
     v, e, vis = pc.vlm, pc.expert, pc.vision
     gemma = {"model_type": "gemma", "num_hidden_layers": v.depth, "num_attention_heads": v.num_heads}

@@ -43,7 +43,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from rllib_pirl.models.pi0.config import GEMMA_SIZES, GemmaSize, PiConfig, VisionSize
-from rllib_pirl.models.pi0.inputs import NORM_CONVENTIONS, NORM_STATS, PROMPT_FORMATS
+from rllib_pirl.models.pi0.inputs import NORM_CONVENTIONS
 
 WEIGHTS, CONFIG, OURS, RL_HEADS, TOKENIZER = (
     "model.safetensors",
@@ -265,7 +265,11 @@ def infer_pi_config(tensors: dict[str, torch.Tensor], variant: str | None = None
         raise CheckpointMismatch("Cannot tell whether this is a π0 or a π0.5 checkpoint (no state_proj / time_mlp).")
     lm = "paligemma_with_expert.paligemma.model.language_model."
     vt = "paligemma_with_expert.paligemma.model.vision_tower.vision_model."
-    needed = (f"{lm}layers.0.self_attn.q_proj.weight", f"{vt}embeddings.patch_embedding.weight", "action_in_proj.weight")
+    needed = (
+        f"{lm}layers.0.self_attn.q_proj.weight",
+        f"{vt}embeddings.patch_embedding.weight",
+        "action_in_proj.weight",
+    )
     missing = [k for k in needed if k not in t]
     if missing:
         raise CheckpointMismatch(f"Not a π0 / π0.5 checkpoint in the lerobot or openpi layout: no {missing}.")
@@ -358,7 +362,9 @@ def _read_lerobot(folder, weights, config, tensors, read) -> Pretrained:
     step_config = (pre or post)["config"]
     norm_map = step_config.get("norm_map") or config.get("normalization_mapping") or {}
     if norm_map.get("VISUAL", "IDENTITY") != "IDENTITY":
-        raise CheckpointMismatch(f"{folder}: VISUAL normalisation {norm_map['VISUAL']} is not supported (π0: IDENTITY).")
+        raise CheckpointMismatch(
+            f"{folder}: VISUAL normalisation {norm_map['VISUAL']} is not supported (π0: IDENTITY)."
+        )
     modes = {"state": _lerobot_mode(path, norm_map, "STATE"), "actions": _lerobot_mode(path, norm_map, "ACTION")}
     stats, sources = {}, []
     for name, feature, step in (("state", STATE_FEATURE, pre or post), ("actions", ACTION_FEATURE, post or pre)):

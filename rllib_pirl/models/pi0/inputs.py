@@ -67,9 +67,7 @@ def resize_with_pad(images: torch.Tensor, size: int) -> torch.Tensor:
     elif images.ndim == 4 and images.shape[1] == 3:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     else:
-        raise ValueError(
-            f"Expected camera images of shape (B, H, W, 3) or (B, 3, H, W), got {tuple(images.shape)}"
-        )
+        raise ValueError(f"Expected camera images of shape (B, H, W, 3) or (B, 3, H, W), got {tuple(images.shape)}")
     h, w = x.shape[-2:]
     if (h, w) != (size, size):
         ratio = max(h / size, w / size)

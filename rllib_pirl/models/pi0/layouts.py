@@ -313,8 +313,11 @@ def summary(info: Pretrained, model) -> str:
         + f", {model.num_inference_steps} denoising steps by default; cameras [{cams}]; state {model.state_dim} / "
         f"actions {model.output_action_dim} dims (padded {c.max_state_dim} / {c.max_action_dim}); normalisation {norm}; "
         f"prompt {model.prompt_format}"
-        + (f"; skipped {', '.join(k.removeprefix('paligemma_with_expert.') for k in model.skipped_keys)}"
-           if model.skipped_keys else "")
+        + (
+            f"; skipped {', '.join(k.removeprefix('paligemma_with_expert.') for k in model.skipped_keys)}"
+            if model.skipped_keys
+            else ""
+        )
     )
 
 
@@ -334,7 +337,7 @@ def load_pretrained(
     does not record, as a partial dict); ``env_cameras`` / ``env_state_dim``: the env's, to
     map cameras and refuse a checkpoint made for other features. Prints one summary line."""
     if cls is None:
-        from rllib_pirl.models.pi0.policy import PiPolicy as cls  # noqa: N813
+        from rllib_pirl.models.pi0.policy import PiPolicy as cls
     info = read_pretrained(path, kwargs.pop("pi_config", None))
     merged = resolve_policy_kwargs(info, kwargs, env_cameras, env_state_dim, new_features)
     model = cls(pi_config=info.pi_config, **merged)
@@ -438,7 +441,10 @@ def _processors(model, names: list[str]) -> tuple[dict, dict]:
     ]
     if c.variant == "pi0":
         steps.append({"registry_name": "pi0_new_line_processor", "config": {}})
-    normalizer = {"registry_name": "normalizer_processor", "config": {"eps": eps, "features": features, "norm_map": norm_map}}
+    normalizer = {
+        "registry_name": "normalizer_processor",
+        "config": {"eps": eps, "features": features, "norm_map": norm_map},
+    }
     tokenizer = {
         "registry_name": "tokenizer_processor",
         "config": {

@@ -249,7 +249,9 @@ class PiPolicy(FlowActionModel):
         env = {}
         if spaces:
             env = {
-                "env_cameras": [k for k, s in observation_space.spaces.items() if len(s.shape) == 3 and s.shape[-1] == 3],
+                "env_cameras": [
+                    k for k, s in observation_space.spaces.items() if len(s.shape) == 3 and s.shape[-1] == 3
+                ],
                 "env_state_dim": int(np.prod(observation_space["state"].shape)),
             }
         model = load_pretrained(path, cls, noise_std_range=noise_std_range, instructions=instructions, **env)
@@ -322,7 +324,9 @@ class PiPolicy(FlowActionModel):
         present = [k for k in self.camera_keys if k is not None]
         missing = [k for k in present if k not in obs]
         if missing:
-            raise KeyError(f"The observation has no camera {missing} (it has {sorted(obs)}; cameras {self.camera_keys}).")
+            raise KeyError(
+                f"The observation has no camera {missing} (it has {sorted(obs)}; cameras {self.camera_keys})."
+            )
         shown = {k: resize_with_pad(torch.as_tensor(obs[k]), size) for k in present}
         like = next(iter(shown.values()))
         images = torch.stack([shown[k] if k is not None else torch.full_like(like, -1.0) for k in self.camera_keys], 1)
