@@ -55,6 +55,17 @@ RECIPES = {
             ("pickcube_one_run", "Flow-SDE, all K steps stochastic, dual clip 3, KL stop 0.03, seed 4"),
         ],
     ),
+    "Flow-SDE, PPO with dual clip 3, no bootstrap at the time limit (the default now)": (
+        ["615k", "1.23M", "1.85M"],
+        [
+            ("pickcube_one_run", "Flow-SDE, dual clip 3, no time-limit bootstrap, seed 0"),
+            ("pickcube_one_run", "Flow-SDE, dual clip 3, no time-limit bootstrap, seed 2"),
+        ],
+    ),
+    "Flow-Noise, PPO with dual clip 3, no bootstrap at the time limit (the default now)": (
+        ["615k", "1.23M", "2.05M"],
+        [("pickcube_one_run", "Flow-Noise, dual clip 3, no time-limit bootstrap, seed 3")],
+    ),
     "Flow-SDE, GRPO (flow_sde_pickcube_grpo.yaml, 180 iterations)": (
         ["615k", "1.23M", "1.85M"],
         [

@@ -198,9 +198,10 @@ class FlowLearnerSettings:
     grpo_success_filter: tuple[float, float] | None = None
     #: GAE at an episode's time limit (the env's truncation): True bootstraps γ·V(s_T) there
     #: (the limit an interruption: RLlib's, gymnasium's convention); False ends the return there
-    #: like a termination (the step limit part of the task, the state without the time left).
-    #: Chunks that sampling cut mid-episode bootstrap either way
-    time_limit_bootstrap: bool = True
+    #: like a termination (the step limit part of the task, the state without the time left);
+    #: None: the env's rule (``EnvEntry.time_limit_is_task``: ManiSkill, LIBERO and PointReach
+    #: False, gymnasium ids True). Chunks that sampling cut mid-episode bootstrap either way
+    time_limit_bootstrap: bool | None = None
     #: GAE's advantages standardised over the whole train batch ("batch", PPO's) or within each
     #: task_id of it ("task": every task of a multi-task batch weighs the same in the update)
     advantage_normalization: str = "batch"
@@ -230,8 +231,10 @@ class FlowLearnerSettings:
                 f"grpo_success_filter must be null or [lo, hi] with 0 <= lo <= hi <= 1 (success rates of a group), "
                 f"got {band!r}."
             )
-        if not isinstance(self.time_limit_bootstrap, bool):
-            errors.append(f"time_limit_bootstrap must be true or false, got {self.time_limit_bootstrap!r}.")
+        if self.time_limit_bootstrap is not None and not isinstance(self.time_limit_bootstrap, bool):
+            errors.append(
+                f"time_limit_bootstrap must be true, false or null (the env's rule), got {self.time_limit_bootstrap!r}."
+            )
         if not _is_int(self.value_chunk_size, 1):
             errors.append(f"value_chunk_size must be an integer >= 1, got {self.value_chunk_size!r}.")
         if self.prefix_cache not in PREFIX_CACHES:

@@ -1,6 +1,9 @@
 """``time_limit_bootstrap: false``: GAE's return ends at the env's time limit (the last step of a
 chunk the env truncated counts as terminated, its value target is its reward), while chunks that
-sampling cut mid-episode still bootstrap from V(s_T)."""
+sampling cut mid-episode still bootstrap from V(s_T). Unset, the env's rule decides: PointReach's,
+ManiSkill's and LIBERO's step limits are part of their tasks."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -9,6 +12,8 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.evaluation.postprocessing import Postprocessing
 
 from rllib_pirl.algorithms import FlowSDEConfig
+from rllib_pirl.algorithms.time_limits import time_limit_rule
+from rllib_pirl.envs import ENVS, EnvEntry
 
 
 def learner_batch(algo):
@@ -16,9 +21,14 @@ def learner_batch(algo):
     return chunks, {key: np.asarray(value).reshape(-1) for key, value in batch.items() if not isinstance(value, dict)}
 
 
-@pytest.mark.parametrize("bootstrap", [True, False])
-def test_the_return_ends_at_the_time_limit_only_when_asked(ray_session, bootstrap):
-    algo = tiny_config(FlowSDEConfig, time_limit_bootstrap=bootstrap).build_algo()
+@pytest.mark.parametrize("setting", [True, False, None])
+def test_the_return_ends_at_the_time_limit_only_when_asked(ray_session, capsys, setting):
+    """True / False as set; unset (None), PointReach's rule: its limit is part of the task."""
+    algo = tiny_config(FlowSDEConfig, time_limit_bootstrap=setting).build_algo()
+    bootstrap = setting is True
+    printed = capsys.readouterr().out
+    assert ("[pirl] GAE bootstraps" if bootstrap else "[pirl] GAE does not bootstrap") in printed
+    assert ("PointReach's step limit is part of its task" in printed) == (setting is None)
     try:
         ends, batch = learner_batch(algo)
         kinds = {"env_truncated": [], "cut": [], "terminated": []}
@@ -48,8 +58,24 @@ def test_the_return_ends_at_the_time_limit_only_when_asked(ray_session, bootstra
 
 
 def test_time_limit_bootstrap_must_be_a_bool():
-    with pytest.raises(ValueError, match="time_limit_bootstrap must be true or false"):
+    with pytest.raises(ValueError, match="time_limit_bootstrap must be true, false or null"):
         tiny_config(FlowSDEConfig, time_limit_bootstrap="no").validate()
+
+
+def test_every_env_declares_its_time_limit_rule():
+    """An env entry cannot leave the rule out; the simulators' tasks end at their limits, a
+    gymnasium id keeps RLlib's convention; the yaml's setting wins over the env's rule."""
+    field = next(f for f in dataclasses.fields(EnvEntry) if f.name == "time_limit_is_task")
+    assert field.kw_only and field.default is dataclasses.MISSING
+    with pytest.raises(TypeError, match="time_limit_is_task"):
+        EnvEntry(lambda c: None)
+    rules = {name: entry.time_limit_is_task for name, entry in ENVS.items()}
+    assert rules == {"ChunkedGym": False, "PointReach": True, "ManiSkill": True, "LIBERO": True}
+    for name, is_task in rules.items():
+        config = FlowSDEConfig().environment(name)
+        assert time_limit_rule(config)[0] is (not is_task)
+        for setting in (True, False):
+            assert time_limit_rule(config.training(time_limit_bootstrap=setting))[0] is setting
 
 
 def test_a_chunk_the_env_both_terminated_and_truncated_is_counted():

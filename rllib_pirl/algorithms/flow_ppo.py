@@ -28,6 +28,7 @@ from ray.rllib.utils.metrics import (
     TIMERS,
 )
 
+from rllib_pirl.algorithms.time_limits import time_limit_rule
 from rllib_pirl.callbacks import SuccessRateCallback
 from rllib_pirl.env_runner import FlowEnvRunner
 from rllib_pirl.settings import DTYPES, FLOW_CONFIG_KEYS, FlowLearnerSettings, FlowModuleSettings, settings_of
@@ -258,6 +259,12 @@ class FlowPPO(PPO):
     the noise they used, which the learner's log-probs use (see ``FlowRLModule.exploration``).
     The values are reported under ``exploration/`` in the results. With GRPO the step is
     :meth:`_grpo_training_step`."""
+
+    @override(PPO)
+    def setup(self, config) -> None:
+        super().setup(config)
+        if self.config.advantage_estimator == "gae" and self.config.use_critic:
+            print(f"[pirl] {time_limit_rule(self.config)[1]}", flush=True)
 
     @classmethod
     @override(PPO)

@@ -23,7 +23,7 @@ from ray.rllib.utils.torch_utils import explained_variance
 
 from rllib_pirl.algorithms.grpo import GroupAdvantages
 from rllib_pirl.algorithms.task_advantages import TaskAdvantages
-from rllib_pirl.algorithms.time_limits import EndAtTimeLimits, RecordTimeLimits
+from rllib_pirl.algorithms.time_limits import EndAtTimeLimits, RecordTimeLimits, time_limit_rule
 from rllib_pirl.rl_module import ENTROPY, LOGP, NOISE_STD, REF_KL, FlowRLModule, num_rows, rows_of
 
 CLIP_FRACTION_KEY = "clip_fraction"
@@ -93,7 +93,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
     (REINFORCE with the batch mean as the baseline) — and there is no value loss; with
     ``advantage_normalization: task`` GAE's advantages are standardised per task
     (:mod:`.task_advantages`); with ``time_limit_bootstrap: false`` GAE's return ends at the
-    env's time limit (:mod:`.time_limits`).
+    env's time limit (:mod:`.time_limits`; by default where the env's step limit is part of its task).
 
     The actor (everything but the value head) uses ``lr``; the value head ``value_lr``.
     """
@@ -115,7 +115,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                     chunk_size=self.config.value_chunk_size, prefix_cache=self.config.prefix_cache, critic=critic
                 ),
             )
-            if not self.config.time_limit_bootstrap:
+            if not time_limit_rule(self.config)[0]:
                 self._learner_connector.insert_before(AddOneTsToEpisodesAndTruncate, RecordTimeLimits())
                 self._learner_connector.insert_before(GeneralAdvantageEstimation, EndAtTimeLimits())
             if not critic:  # V ≡ 0 and λ = 1: GAE's advantage of a step is its discounted reward to go

@@ -1,5 +1,10 @@
 """GAE at an episode's time limit (``time_limit_bootstrap: false``): the return ends there.
 
+Which rule a run uses (:func:`time_limit_rule`): the yaml's ``time_limit_bootstrap`` when set,
+else the env's (``EnvEntry.time_limit_is_task``): ManiSkill, LIBERO and PointReach episodes must
+succeed within their step limit, so their truncation does not bootstrap; a gymnasium id keeps
+RLlib's convention (the limit interrupts a task that would go on).
+
 RLlib's learner pipeline (``AddOneTsToEpisodesAndTruncate``) marks the last real step of every
 episode chunk that did not terminate as truncated, whether the env's time limit ended the
 episode or sampling cut it mid-way, and GAE bootstraps both from V(s_T):
@@ -17,8 +22,28 @@ import torch
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 
+from rllib_pirl.envs import ENVS
+
 #: shared_data key: :func:`env_truncations` of the train batch's episode chunks
 ENV_TRUNCATED = "_pirl_env_truncated"
+
+
+def time_limit_rule(config) -> tuple[bool, str]:
+    """``(bootstrap, why)``: whether GAE bootstraps γ·V(s_T) where the env's time limit truncates
+    an episode, for an algorithm config (its ``time_limit_bootstrap``, else its env's rule)."""
+    if config.time_limit_bootstrap is not None:
+        rule = "bootstraps" if config.time_limit_bootstrap else "does not bootstrap (the return ends there)"
+        return config.time_limit_bootstrap, f"GAE {rule} at the env's time limit: time_limit_bootstrap is set"
+    entry = ENVS.get(config.env) if isinstance(config.env, str) else None
+    if entry is not None and entry.time_limit_is_task:
+        return False, (
+            f"GAE does not bootstrap at the env's time limit (the return ends there): {config.env}'s step limit is "
+            "part of its task (time_limit_bootstrap: true to bootstrap)"
+        )
+    return True, (
+        f"GAE bootstraps γ·V(s_T) at the env's time limit: {config.env}'s limit interrupts the task (RLlib's "
+        "convention; time_limit_bootstrap: false ends the return there)"
+    )
 
 
 def env_truncations(episodes) -> list[bool]:

@@ -4,7 +4,7 @@ that ``rllib_pirl`` registers with Ray Tune (:data:`ENVS`, one record per env)."
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 
@@ -78,12 +78,21 @@ class EnvEntry:
     #: env_config → the tasks its training sub-envs run in turn (sub-env slot i, or GRPO pool
     #: i, runs task i mod #tasks); None: one task
     sampled_tasks: Callable | None = None
+    #: whether the step limit is part of the task (an episode must succeed within it, and the
+    #: state does not say how much time is left): GAE then ends the return at the limit instead of
+    #: bootstrapping γ·V(s_T) there, unless the run sets ``time_limit_bootstrap`` (every env says)
+    time_limit_is_task: bool = field(kw_only=True)
 
 
 #: The envs that importing ``rllib_pirl.algorithms`` registers with Ray Tune, by name.
 ENVS: dict[str, EnvEntry] = {
-    "ChunkedGym": EnvEntry(make_chunked_gym_env, max_episode_steps=lambda c: _spec_limit((c or {}).get("id"))),
-    "PointReach": EnvEntry(make_point_reach, max_episode_steps=lambda c: _spec_limit("rllib_pirl/PointReach-v0")),
+    # gymnasium ids: their limits (TimeLimit) interrupt tasks that would go on (RLlib's convention)
+    "ChunkedGym": EnvEntry(
+        make_chunked_gym_env, max_episode_steps=lambda c: _spec_limit((c or {}).get("id")), time_limit_is_task=False
+    ),
+    "PointReach": EnvEntry(
+        make_point_reach, max_episode_steps=lambda c: _spec_limit("rllib_pirl/PointReach-v0"), time_limit_is_task=True
+    ),
     "ManiSkill": EnvEntry(
         deferred("rllib_pirl.envs.maniskill:make_maniskill_env"),
         vector=True,
@@ -92,6 +101,7 @@ ENVS: dict[str, EnvEntry] = {
         max_episode_steps=deferred("rllib_pirl.envs.maniskill:max_episode_steps"),
         grouped_resets_error=deferred("rllib_pirl.envs.maniskill:grouped_resets_error"),
         sampled_tasks=deferred("rllib_pirl.envs.maniskill:sampled_tasks"),
+        time_limit_is_task=True,
     ),
     "LIBERO": EnvEntry(
         deferred("rllib_pirl.envs.libero:make_libero_env"),
@@ -101,6 +111,7 @@ ENVS: dict[str, EnvEntry] = {
         initial_states=deferred("rllib_pirl.envs.libero:num_initial_states"),
         max_episode_steps=deferred("rllib_pirl.envs.libero:max_episode_steps"),
         sampled_tasks=deferred("rllib_pirl.envs.libero:sampled_tasks"),
+        time_limit_is_task=True,
     ),
 }
 
