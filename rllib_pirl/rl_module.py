@@ -150,8 +150,8 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
     def _crop(self, x):
         return x[:, : self.action_chunk, : self.env_action_dim]
 
-    def _env_actions(self, chain):
-        return self._crop(self.model.unnormalize_actions(chain.actions))
+    def _env_actions(self, chain, obs):
+        return self._crop(self.model.unnormalize_actions(chain.actions, obs))
 
     def _reduce(self, log_prob):
         return reduce_log_prob(log_prob, self.action_chunk, self.env_action_dim, self.logprob_reduction)
@@ -164,7 +164,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         chain = sample_chain(
             self._velocity_fn(context), self._x0(b, self.inference_x0 == "zeros"), self.num_denoise_steps
         )
-        return {Columns.ACTIONS: self._env_actions(chain)}
+        return {Columns.ACTIONS: self._env_actions(chain, batch[Columns.OBS])}
 
     @torch.no_grad()
     def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -178,7 +178,7 @@ class FlowRLModule(TorchRLModule, ValueFunctionAPI):
         )
         logp = self._reduce(chain.log_prob)
         return {
-            Columns.ACTIONS: self._env_actions(chain),
+            Columns.ACTIONS: self._env_actions(chain, batch[Columns.OBS]),
             Columns.ACTION_LOGP: logp.sum(dim=1),
             LATENTS: chain.latents,
             STEPS: chain.steps,

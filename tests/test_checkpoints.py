@@ -288,6 +288,39 @@ def test_every_lerobot_normalisation_mode(tmp_path, mode):
     assert torch.allclose(back[..., :4], y[..., :4], atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_relative_actions_get_the_state_back(tmp_path, variant):
+    """lerobot's use_relative_actions (openpi's extra_delta_transform): the model predicts the
+    non-excluded dims relative to the state; env action = un-normalised action + state there
+    (lerobot's AbsoluteActionsProcessorStep), and SFT's normalisation subtracts it."""
+    folder = copy_fixture(tmp_path, variant)
+    names = ["x", "y", "z", "gripper"]
+    for name, registry in (("policy_preprocessor.json", "relative_actions_processor"),
+                           ("policy_postprocessor.json", "absolute_actions_processor")):  # fmt: skip
+        data = read_json(os.path.join(folder, name))
+        step = next(s for s in data["steps"] if s["registry_name"] == registry)
+        step["config"].update({"enabled": True, "action_names": names} if "action_names" in step["config"] else {"enabled": True})
+        write_json(os.path.join(folder, name), data)
+    edit_json(os.path.join(folder, "config.json"), use_relative_actions=True, action_feature_names=names)
+    model = load(folder)
+    assert model.relative_actions == [True, True, True, False]  # the gripper stays absolute
+    inputs, _, proc = fixture(variant)
+    actions = model.predict_action_chunk(raw_images(inputs, proc), proc["raw_state"], inputs["texts"], x0=proc["e2e_x0_zero"])
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    expected = proc["e2e_actions_zero"] + (proc["raw_state"][:, :4] * mask)[:, None, :]
+    assert (actions - expected).abs().max().item() <= 1e-4
+    obs = {"state": proc["raw_state"]}
+    back = model.normalize_actions(actions, obs)
+    assert torch.allclose(model.unnormalize_actions(back, obs)[..., :4], actions, atol=1e-4)
+    with pytest.raises(ValueError, match="relative to the state: pass the observations"):
+        model.unnormalize_actions(back)
+    out = str(tmp_path / "export")  # lerobot's fields say the same
+    save_pretrained(model, out)
+    assert read_json(os.path.join(out, "config.json"))["use_relative_actions"]
+    os.remove(os.path.join(out, "rllib_pirl.json"))  # read as lerobot reads it
+    assert read_pretrained(out, HEADS).format == "lerobot" and load(out).relative_actions == model.relative_actions
+
+
 # -- what is refused ------------------------------------------------------------------------------
 def test_bad_checkpoints_are_refused_before_any_rollout(tmp_path):
     # a truncated download
@@ -311,10 +344,6 @@ def test_bad_checkpoints_are_refused_before_any_rollout(tmp_path):
     with pytest.raises(CheckpointMismatch, match="'act' is a lerobot policy that is not π0"):
         read_pretrained(folder)
     # what lerobot says that cannot be honoured
-    folder = copy_fixture(tmp_path, "pi0", "relative")
-    edit_json(os.path.join(folder, "config.json"), use_relative_actions=True)
-    with pytest.raises(CheckpointMismatch, match="use_relative_actions: true .* not supported"):
-        read_pretrained(folder)
     folder = copy_fixture(tmp_path, "pi0", "newer")
     edit_json(os.path.join(folder, "config.json"), some_new_feature=None)
     read_pretrained(folder, HEADS)  # a new field left off is harmless

@@ -95,19 +95,20 @@ class FlowActionModel(nn.Module, abc.ABC):
         ids = {id(p) for p in self.rl_head_parameters()}
         return {name for name, p in self.named_parameters() if id(p) in ids}
 
-    def unnormalize_actions(self, x: torch.Tensor) -> torch.Tensor:
-        """Denoised latents (the normalised action space the flow lives in) → env actions.
+    def unnormalize_actions(self, x: torch.Tensor, obs: Any = None) -> torch.Tensor:
+        """Denoised latents (the normalised action space the flow lives in) → env actions, for the
+        observations ``obs`` (models whose actions are relative to the state need them).
         Identity unless the model carries action statistics."""
         return x
 
-    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+    def normalize_actions(self, actions: torch.Tensor, obs: Any = None) -> torch.Tensor:
         """Inverse of :meth:`unnormalize_actions` (for training on demonstrations)."""
         return actions
 
     def flow_matching_loss(self, obs: Any, actions: torch.Tensor) -> torch.Tensor:
         """Conditional flow-matching loss E‖v(x_t, t) − (ε − a)‖², x_t = t·ε + (1 − t)·a,
         t ~ U(0, 1) (behaviour cloning / SFT); ``actions`` are env actions, normalised here."""
-        actions = self.normalize_actions(actions)
+        actions = self.normalize_actions(actions, obs)
         context = self.encode(obs)
         noise = torch.randn_like(actions)
         t = torch.rand(actions.shape[0], device=actions.device, dtype=actions.dtype)

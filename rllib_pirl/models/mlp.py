@@ -103,10 +103,10 @@ class StateFlowPolicy(FlowActionModel):
             x = torch.cat([x, self.task_embedding(obs["task_id"].long().view(-1))], dim=-1)
         return x
 
-    def unnormalize_actions(self, x):
+    def unnormalize_actions(self, x, obs=None):
         return x * self.action_std + self.action_mean
 
-    def normalize_actions(self, actions):
+    def normalize_actions(self, actions, obs=None):
         return (actions - self.action_mean) / self.action_std
 
     def encode(self, obs):

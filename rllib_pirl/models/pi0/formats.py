@@ -21,7 +21,8 @@ rllib_pirl     lerobot's                        ``rllib_pirl.json`` beside lerob
 
 Everything a format says about the policy is read (cameras in order, state / action dims,
 horizon and executed chunk, normalisation modes and ε, prompt format, denoising steps);
-what it says that this package cannot honour is refused with the reason
+(``use_relative_actions``: the state added back to the relative dims), what it says that this
+package cannot honour is refused with the reason
 (:class:`CheckpointMismatch`), and what it does not say and cannot be guessed is asked for
 (openpi's cameras, openpi's ``discrete_state_input``: ``prompt_format``). Statistics that
 cannot be found are an error, never identity: ``norm_modes: identity`` says so explicitly.
@@ -68,8 +69,7 @@ LEROBOT_MODES = {
 LEROBOT_IGNORED = {
     "type", "n_obs_steps", "device", "use_amp", "use_peft", "push_to_hub", "repo_id", "private", "tags",
     "license", "pretrained_path", "pretrained_revision", "dtype", "time_sampling_beta_alpha",
-    "time_sampling_beta_beta", "time_sampling_scale", "time_sampling_offset", "relative_exclude_joints",
-    "action_feature_names", "rtc_config", "gradient_checkpointing", "compile_model", "compile_mode",
+    "time_sampling_beta_beta", "time_sampling_scale", "time_sampling_offset", "rtc_config", "gradient_checkpointing", "compile_model", "compile_mode",
     "freeze_vision_encoder", "train_expert_only", "optimizer_lr", "optimizer_betas", "optimizer_eps",
     "optimizer_weight_decay", "optimizer_grad_clip_norm", "scheduler_warmup_steps", "scheduler_decay_steps",
     "scheduler_decay_lr",
@@ -78,7 +78,7 @@ LEROBOT_IGNORED = {
 LEROBOT_READ = {
     "input_features", "output_features", "paligemma_variant", "action_expert_variant", "chunk_size",
     "n_action_steps", "max_state_dim", "max_action_dim", "num_inference_steps", "min_period", "max_period",
-    "use_relative_actions", "image_resolution", "empty_cameras", "normalization_mapping", "tokenizer_max_length",
+    "use_relative_actions", "relative_exclude_joints", "action_feature_names", "image_resolution", "empty_cameras", "normalization_mapping", "tokenizer_max_length",
 }  # fmt: skip
 OPENPI_FIELDS = {"action_dim", "action_horizon", "paligemma_variant", "action_expert_variant", "precision"}
 
@@ -338,21 +338,19 @@ def _read_lerobot(folder, weights, config, tensors, read) -> Pretrained:
             f"{path}: {sorted(unknown)} = {list(unknown.values())} — fields this package does not know (a lerobot "
             "newer than 0.6?) that may change the policy's actions. If they do not, remove them from config.json."
         )
-    if config.get("use_relative_actions"):
-        raise CheckpointMismatch(
-            f"{path}: use_relative_actions: true (actions are relative to the state for all joints but "
-            f"{config.get('relative_exclude_joints')}) is not supported: the env would receive deltas as absolute "
-            "actions. Fine-tune with absolute actions, or convert the checkpoint's statistics first."
-        )
     features = config.get("input_features") or {}
     cameras = [k for k, v in features.items() if v.get("type") == "VISUAL"]
     state = [v["shape"] for v in features.values() if v.get("type") == "STATE"]
     actions = [v["shape"] for k, v in (config.get("output_features") or {}).items() if v.get("type") == "ACTION"]
     pre = _processor_step(folder, PREPROCESSOR, "normalizer_processor")
     post = _processor_step(folder, POSTPROCESSOR, "unnormalizer_processor")
-    relative = _processor_step(folder, PREPROCESSOR, "relative_actions_processor")
-    if relative and relative.get("config", {}).get("enabled"):
-        raise CheckpointMismatch(f"{folder}/{PREPROCESSOR}: its relative_actions_processor is enabled (not supported).")
+    relative = (_processor_step(folder, PREPROCESSOR, "relative_actions_processor") or {}).get("config")
+    if relative is None:  # older processors: config.json's fields
+        relative = {
+            "enabled": config.get("use_relative_actions", False),
+            "exclude_joints": config.get("relative_exclude_joints") or [],
+            "action_names": config.get("action_feature_names"),
+        }
     if pre is None and post is None:
         raise CheckpointMismatch(
             f"{folder} has no {PREPROCESSOR} / {POSTPROCESSOR} with a normaliser: lerobot ≥ 0.4 writes them beside "
@@ -406,6 +404,12 @@ def _read_lerobot(folder, weights, config, tensors, read) -> Pretrained:
         kwargs["state_dim"] = int(state[0][-1])
     if actions:
         kwargs["env_action_dim"] = int(actions[0][-1])
+    if relative.get("enabled"):
+        if not actions:
+            raise CheckpointMismatch(f"{path}: relative actions without an ACTION output feature to size them.")
+        kwargs["relative_actions"] = relative_action_mask(
+            int(actions[0][-1]), relative.get("exclude_joints"), relative.get("action_names")
+        )
     return Pretrained(
         source=weights,
         folder=folder,
@@ -421,6 +425,17 @@ def _read_lerobot(folder, weights, config, tensors, read) -> Pretrained:
 
 
 _LM_EMBED = "model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
+
+
+def relative_action_mask(action_dim: int, exclude_joints=None, action_names=None) -> list[bool]:
+    """lerobot's rule for which action dims are relative to the state: all of them, but those
+    whose name (``action_feature_names``) contains one of ``relative_exclude_joints``
+    (case-insensitive; e.g. the gripper); without names, all."""
+    tokens = [str(t).lower() for t in (exclude_joints or []) if t]
+    if not tokens or action_names is None:
+        return [True] * action_dim
+    mask = [not any(t in str(name).lower() for t in tokens) for name in list(action_names)[:action_dim]]
+    return mask + [True] * (action_dim - len(mask))
 
 
 # -- openpi and RLinf ----------------------------------------------------------------------

@@ -177,7 +177,7 @@ def resolve_policy_kwargs(
     no env, the checkpoint's own) a checkpoint that declares other cameras or another state
     is refused, unless ``new_features`` (SFT: the demos redefine state, cameras and statistics)."""
     redefined = ("norm_stats_candidates",) + (("norm_stats", "state_dim", "env_action_dim", "camera_names",
-                                               "n_action_steps") if new_features else ())  # fmt: skip
+                                               "n_action_steps", "relative_actions") if new_features else ())  # fmt: skip
     kwargs = {k: v for k, v in info.policy_kwargs.items() if k not in redefined}
     requested = {k: v for k, v in requested.items() if v is not None}
     cameras = requested.pop("camera_keys", None)
@@ -314,6 +314,11 @@ def summary(info: Pretrained, model) -> str:
         f"actions {model.output_action_dim} dims (padded {c.max_state_dim} / {c.max_action_dim}); normalisation {norm}; "
         f"prompt {model.prompt_format}"
         + (
+            f"; actions relative to the state on dims {[i for i, m in enumerate(model.relative_actions) if m]}"
+            if model.relative_actions
+            else ""
+        )
+        + (
             f"; skipped {', '.join(k.removeprefix('paligemma_with_expert.') for k in model.skipped_keys)}"
             if model.skipped_keys
             else ""
@@ -399,12 +404,23 @@ def lerobot_config(model) -> dict[str, Any]:
         "max_period": c.max_period,
         "image_resolution": size[1:],
         "tokenizer_max_length": c.max_token_len,
+        **_relative_fields(model),
         "normalization_mapping": {
             "VISUAL": "IDENTITY",
             "STATE": _MODE_NAMES[model.norm_modes["state"]],
             "ACTION": _MODE_NAMES[model.norm_modes["actions"]],
         },
     }
+
+
+def _relative_fields(model) -> dict[str, Any]:
+    """lerobot's fields for ``relative_actions``: dims named ``relative_i`` / ``absolute_i`` and
+    ``absolute`` excluded (lerobot's rule: a dim whose name contains an excluded joint stays absolute)."""
+    mask = model.relative_actions
+    if mask is None:
+        return {"use_relative_actions": False, "relative_exclude_joints": ["gripper"], "action_feature_names": None}
+    names = [f"{'relative' if m else 'absolute'}_{i}" for i, m in enumerate(mask)]
+    return {"use_relative_actions": True, "relative_exclude_joints": ["absolute"], "action_feature_names": names}
 
 
 def camera_names(model) -> list[str]:
@@ -434,7 +450,12 @@ def _processors(model, names: list[str]) -> tuple[dict, dict]:
     features[ACTION_FEATURE] = _feature("ACTION", [model.output_action_dim])
     norm_map = lerobot_config(model)["normalization_mapping"]
     eps = model.norm_eps if model.norm_convention == "lerobot" else 1e-8
-    relative = {"enabled": False, "exclude_joints": ["gripper"], "action_names": None}
+    fields = _relative_fields(model)
+    relative = {
+        "enabled": fields["use_relative_actions"],
+        "exclude_joints": fields["relative_exclude_joints"],
+        "action_names": fields["action_feature_names"],
+    }
     steps = [
         {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}},
         {"registry_name": "to_batch_processor", "config": {}},
@@ -470,7 +491,8 @@ def _processors(model, names: list[str]) -> tuple[dict, dict]:
         "config": {"eps": eps, "features": {ACTION_FEATURE: features[ACTION_FEATURE]}, "norm_map": norm_map},
         "state_file": "policy_postprocessor_step_0_unnormalizer_processor.safetensors",
     }
-    post = [unnormalizer, {"registry_name": "absolute_actions_processor", "config": {"enabled": False}}, device]
+    absolute = {"registry_name": "absolute_actions_processor", "config": {"enabled": relative["enabled"]}}
+    post = [unnormalizer, absolute, device]
     return {"name": "policy_preprocessor", "steps": steps}, {"name": "policy_postprocessor", "steps": post}
 
 

@@ -79,7 +79,10 @@ class PiPolicy(FlowActionModel):
     ``max_action_dim``); ``num_inference_steps``: the denoising steps of
     :meth:`predict_action_chunk` by default; ``n_action_steps``: the chunk the checkpoint's
     tool executes (recorded, exported); ``camera_names``: the cameras' lerobot feature names
-    (exported); ``dtype``: the transformer's (``bfloat16`` halves GPU memory).
+    (exported); ``relative_actions``: per action dim, whether it is predicted relative to the
+    state's same dim (env action = model action + state there; lerobot's ``use_relative_actions``,
+    openpi's ``extra_delta_transform``, e.g. ``[true] * 6 + [false]`` for LIBERO's 7-D actions);
+    ``dtype``: the transformer's (``bfloat16`` halves GPU memory).
     """
 
     uses_instructions = True  # the RLModule passes the env's instructions
@@ -105,6 +108,7 @@ class PiPolicy(FlowActionModel):
         num_inference_steps: int = 10,
         n_action_steps: int | None = None,
         camera_names: Sequence[str] | None = None,
+        relative_actions: Sequence[bool] | None = None,
     ):
         super().__init__()
         config = pi_config if isinstance(pi_config, PiConfig) else PiConfig.from_dict(pi_config)
@@ -151,6 +155,13 @@ class PiPolicy(FlowActionModel):
         #: the robot's action dims (None: not recorded; the env's crop decides)
         self.env_action_dim = int(env_action_dim) if env_action_dim else None
         self.init_kwargs["env_action_dim"] = self.env_action_dim
+        #: per env action dim: predicted relative to the state's same dim (None: all absolute)
+        self.relative_actions = [bool(v) for v in relative_actions] if relative_actions is not None else None
+        if self.relative_actions is not None and len(self.relative_actions) > min(state_dim, config.max_action_dim):
+            raise ValueError(
+                f"relative_actions has {len(self.relative_actions)} dims: more than the state's {state_dim} "
+                f"or the model's {config.max_action_dim} action dims."
+            )
         self._check_prompt_lengths()
         if prompt_format != "task_state":
             # A prompt without the state does not change with it: tokenise each task once.
@@ -294,12 +305,35 @@ class PiPolicy(FlowActionModel):
         padded = F.pad(state.float().flatten(1), (0, self.config.max_state_dim - self.state_dim))
         return (padded - self.state_loc) / self.state_scale
 
-    def normalize_actions(self, actions):
+    def _state_offset(self, obs, like: torch.Tensor) -> torch.Tensor | None:
+        """The raw state on the dims of ``relative_actions`` (0 elsewhere), (B, 1, dims), or None."""
+        if self.relative_actions is None:
+            return None
+        if obs is None or "state" not in obs:
+            raise ValueError("This model's actions are relative to the state: pass the observations (their 'state').")
+        mask = torch.tensor(self.relative_actions, dtype=like.dtype, device=like.device)
+        state = torch.as_tensor(obs["state"]).to(like).flatten(1)[:, : len(mask)]
+        return (state * mask[: state.shape[1]])[:, None, :]
+
+    def normalize_actions(self, actions, obs=None):
+        """Env actions → the flow's normalised space: the state subtracted on the
+        ``relative_actions`` dims (lerobot's RelativeActionsProcessorStep, openpi's DeltaActions), then
+        normalised."""
+        offset = self._state_offset(obs, actions)
+        if offset is not None:
+            actions = torch.cat([actions[..., : offset.shape[-1]] - offset, actions[..., offset.shape[-1] :]], -1)
         padded = F.pad(actions, (0, self.config.max_action_dim - actions.shape[-1]))
         return (padded - self.actions_loc) / self.actions_scale
 
-    def unnormalize_actions(self, x):
-        return x * self.actions_scale + self.actions_loc
+    def unnormalize_actions(self, x, obs=None):
+        """The flow's actions → env actions: un-normalised, then the state added on the
+        ``relative_actions`` dims (lerobot's AbsoluteActionsProcessorStep, openpi's AbsoluteActions)."""
+        actions = x * self.actions_scale + self.actions_loc
+        offset = self._state_offset(obs, actions)
+        if offset is None:
+            return actions
+        n = offset.shape[-1]
+        return torch.cat([actions[..., :n] + offset, actions[..., n:]], -1)
 
     def prompt_tokens(self, texts, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens, mask), (B, max_token_len), of each instruction with its normalised state."""
@@ -375,7 +409,7 @@ class PiPolicy(FlowActionModel):
         normalized = self.normalize_state(state)
         context = self._encode(images, normalized, *self.prompt_tokens(list(instructions), normalized))
         chain = sample_chain(lambda x, t: self.velocity(context, x, t), x0, num_steps or self.num_inference_steps)
-        return self.unnormalize_actions(chain.actions)[..., : self.output_action_dim]
+        return self.unnormalize_actions(chain.actions, {"state": state})[..., : self.output_action_dim]
 
     @property
     def output_action_dim(self) -> int:
