@@ -206,8 +206,15 @@ def test_openpi_folder_acts_like_lerobot(tmp_path, variant):
     assert info.format == "openpi" and info.pi_config.chunk_size == 8 and info.cameras is None
     assert info.stats_source == os.path.join("assets", "physical-intelligence", "libero", "norm_stats.json")
     with pytest.raises(CheckpointMismatch, match="does not record its cameras"):
-        load(folder)
-    model = load(folder, camera_keys=CAMERAS)
+        load(folder, relative_actions=False)
+    extra = {}
+    if variant == "pi0":  # its statistics' asset id is pi0_libero's, trained with relative arm actions
+        with pytest.raises(
+            CheckpointMismatch, match=r"looks like openpi's pi0_libero .*model_kwargs.relative_actions: \[true"
+        ):
+            load(folder, camera_keys=CAMERAS)
+        extra = {"relative_actions": False}  # these weights predict absolute actions
+    model = load(folder, camera_keys=CAMERAS, **extra)
     assert (model.norm_convention, model.norm_eps, model.state_dim, model.env_action_dim) == ("openpi", 1e-6, 10, 4)
     assert model.prompt_format == ("task" if variant == "pi0" else "task_state")
     assert_end_to_end(model, variant, CAMERAS)
@@ -216,7 +223,7 @@ def test_openpi_folder_acts_like_lerobot(tmp_path, variant):
 def test_rlinf_folder_and_its_rl_heads(tmp_path):
     """RLinf's πRL layout: statistics at <repo_id>/norm_stats.json; its value head (a ReLU MLP
     of another shape) is skipped and reported, a noise head of our shape is loaded."""
-    probe = load(make_openpi_folder(tmp_path, "pi0", name="probe"), camera_keys=CAMERAS)
+    probe = load(make_openpi_folder(tmp_path, "pi0", name="probe"), camera_keys=CAMERAS, relative_actions=False)
     noise_head = {k: torch.randn_like(v) for k, v in probe.state_dict().items() if k.startswith("noise_head.")}
     value_head = {"value_head.mlp.0.weight": torch.randn(512, 32), "value_head.mlp.0.bias": torch.randn(512)}
     folder = make_openpi_folder(
@@ -299,13 +306,17 @@ def test_relative_actions_get_the_state_back(tmp_path, variant):
                            ("policy_postprocessor.json", "absolute_actions_processor")):  # fmt: skip
         data = read_json(os.path.join(folder, name))
         step = next(s for s in data["steps"] if s["registry_name"] == registry)
-        step["config"].update({"enabled": True, "action_names": names} if "action_names" in step["config"] else {"enabled": True})
+        step["config"].update(
+            {"enabled": True, "action_names": names} if "action_names" in step["config"] else {"enabled": True}
+        )
         write_json(os.path.join(folder, name), data)
     edit_json(os.path.join(folder, "config.json"), use_relative_actions=True, action_feature_names=names)
     model = load(folder)
     assert model.relative_actions == [True, True, True, False]  # the gripper stays absolute
     inputs, _, proc = fixture(variant)
-    actions = model.predict_action_chunk(raw_images(inputs, proc), proc["raw_state"], inputs["texts"], x0=proc["e2e_x0_zero"])
+    actions = model.predict_action_chunk(
+        raw_images(inputs, proc), proc["raw_state"], inputs["texts"], x0=proc["e2e_x0_zero"]
+    )
     mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
     expected = proc["e2e_actions_zero"] + (proc["raw_state"][:, :4] * mask)[:, None, :]
     assert (actions - expected).abs().max().item() <= 1e-4
@@ -319,6 +330,41 @@ def test_relative_actions_get_the_state_back(tmp_path, variant):
     assert read_json(os.path.join(out, "config.json"))["use_relative_actions"]
     os.remove(os.path.join(out, "rllib_pirl.json"))  # read as lerobot reads it
     assert read_pretrained(out, HEADS).format == "lerobot" and load(out).relative_actions == model.relative_actions
+
+
+def test_relative_actions_through_the_rl_module():
+    """In rollouts the env gets state + delta on the relative dims, while the latents, their
+    log-probs and the learner's recomputation stay in the model's own (normalised, relative) space."""
+    from ray.rllib.core.columns import Columns
+
+    from rllib_pirl.models.pi0 import PiConfig
+    from rllib_pirl.rl_module import LATENTS, LOGP, STEPS, FlowRLModule
+
+    space = obs_space(["base_camera"], state_dim=10)
+    stats = {"state": {"mean": [0.5] * 10, "std": [2.0] * 10}, "actions": {"mean": [0.1] * 4, "std": [0.5] * 4}}
+    model_config = {
+        "exploration": "sde", "num_denoise_steps": 3, "action_chunk": 4, "noise_level": 0.5,
+        "noise_std_range": (0.08, 0.16), "exploration_x0": "noise", "logprob_reduction": "sum",
+        "instructions": ["pick up the red cube"], "model_class": "rllib_pirl.models.pi0:PiPolicy",
+        "model_kwargs": {"pi_config": PiConfig.tiny().to_dict(), "tokenizer": TOKENIZER, "norm_stats": stats,
+                         "relative_actions": [True, True, False, True]},
+    }  # fmt: skip
+    torch.manual_seed(0)
+    module = FlowRLModule(
+        observation_space=space, action_space=gym.spaces.Box(-9, 9, (4, 4)), model_config=model_config
+    )
+    g = torch.Generator().manual_seed(0)
+    obs = {
+        "state": torch.randn(3, 10, generator=g) * 3,
+        "base_camera": torch.randint(0, 256, (3, 32, 32, 3), generator=g, dtype=torch.uint8),
+        "task_id": torch.zeros(3, 1, dtype=torch.long),
+    }
+    out = module.forward_exploration({Columns.OBS: obs})
+    absolute = (out[LATENTS][:, -1] * 0.5 + 0.1)[:, :4, :4]
+    offset = obs["state"][:, None, :4] * torch.tensor([1.0, 1.0, 0.0, 1.0])
+    assert torch.allclose(out[Columns.ACTIONS], absolute + offset, atol=1e-5)
+    train = module.forward_train({Columns.OBS: obs, LATENTS: out[LATENTS], STEPS: out[STEPS]})
+    assert (train[LOGP] - out[LOGP]).abs().max() < 1e-4
 
 
 # -- what is refused ------------------------------------------------------------------------------
@@ -361,7 +407,8 @@ def test_bad_checkpoints_are_refused_before_any_rollout(tmp_path):
     with pytest.raises(CheckpointMismatch, match=r"image_resolution \[224, 224\] disagrees"):
         read_pretrained(folder)
     # statistics: none found, several found, or given
-    folder = make_openpi_folder(tmp_path, "pi0", stats_dir=None, name="no_stats")
+    folder = make_openpi_folder(tmp_path, "pi0", stats_dir="assets/lab/robot", name="no_stats")
+    shutil.rmtree(os.path.join(folder, "assets"))
     with pytest.raises(CheckpointMismatch, match=r"no normalisation statistics for \['state', 'actions'\] found"):
         load(folder, camera_keys=CAMERAS)
     with pytest.raises(CheckpointMismatch, match="does not record its state.s size: pass state_dim"):

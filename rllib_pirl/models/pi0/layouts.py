@@ -183,6 +183,7 @@ def resolve_policy_kwargs(
     cameras = requested.pop("camera_keys", None)
     kwargs.update(_normalisation(info, requested, new_features))
     kwargs.update({k: v for k, v in requested.items() if k not in ("norm_stats", "norm_modes")})
+    _check_relative_preset(info, requested, new_features)
     kwargs["camera_keys"] = cameras if new_features else _cameras(info, cameras, env_cameras)
     if info.cameras and info.format == "lerobot" and not new_features:
         kwargs["camera_names"] = list(info.cameras)
@@ -202,6 +203,28 @@ def resolve_policy_kwargs(
         raise CheckpointMismatch(f"{_where(info)} does not record its state's size: pass state_dim.")
     kwargs.setdefault("tokenizer", tokenizer_in(info.folder) if info.folder else None)
     return kwargs
+
+
+#: Published openpi-layout checkpoints trained with actions relative to the state, which their
+#: folders do not record: (variant, the asset / repo id of their statistics) → the mask.
+RELATIVE_PRESETS = {("pi0", "physical-intelligence/libero"): [True] * 6 + [False]}  # openpi pi0_libero, RLinf π0 LIBERO
+
+
+def _check_relative_preset(info: Pretrained, requested: dict[str, Any], new_features: bool) -> None:
+    """An openpi / RLinf folder that looks like a published relative-action checkpoint (its
+    statistics' asset id) must say how its actions are meant: refused unless ``relative_actions``
+    is given (``false``: absolute)."""
+    if new_features or info.format not in ("openpi", "rlinf") or "relative_actions" in requested:
+        return
+    asset = os.path.dirname(info.stats_source).replace(os.sep, "/").removeprefix("assets/")
+    mask = RELATIVE_PRESETS.get((info.pi_config.variant, asset))
+    if mask is not None:
+        raise CheckpointMismatch(
+            f"{_where(info)} looks like openpi's pi0_libero / RLinf's π0 LIBERO (statistics of {asset}), trained "
+            "with the arm's actions relative to the state (openpi's extra_delta_transform), which the folder does "
+            f"not record: set model_kwargs.relative_actions: {json.dumps(mask)} (or false if it predicts absolute "
+            "actions)."
+        )
 
 
 def _where(info: Pretrained) -> str:

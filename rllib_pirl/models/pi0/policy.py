@@ -81,7 +81,8 @@ class PiPolicy(FlowActionModel):
     tool executes (recorded, exported); ``camera_names``: the cameras' lerobot feature names
     (exported); ``relative_actions``: per action dim, whether it is predicted relative to the
     state's same dim (env action = model action + state there; lerobot's ``use_relative_actions``,
-    openpi's ``extra_delta_transform``, e.g. ``[true] * 6 + [false]`` for LIBERO's 7-D actions);
+    openpi's ``extra_delta_transform``, e.g. ``[true] * 6 + [false]`` for LIBERO's 7-D actions;
+    ``false`` / None: all absolute);
     ``dtype``: the transformer's (``bfloat16`` halves GPU memory).
     """
 
@@ -108,7 +109,7 @@ class PiPolicy(FlowActionModel):
         num_inference_steps: int = 10,
         n_action_steps: int | None = None,
         camera_names: Sequence[str] | None = None,
-        relative_actions: Sequence[bool] | None = None,
+        relative_actions: Sequence[bool] | bool | None = None,
     ):
         super().__init__()
         config = pi_config if isinstance(pi_config, PiConfig) else PiConfig.from_dict(pi_config)
@@ -156,7 +157,8 @@ class PiPolicy(FlowActionModel):
         self.env_action_dim = int(env_action_dim) if env_action_dim else None
         self.init_kwargs["env_action_dim"] = self.env_action_dim
         #: per env action dim: predicted relative to the state's same dim (None: all absolute)
-        self.relative_actions = [bool(v) for v in relative_actions] if relative_actions is not None else None
+        self.relative_actions = [bool(v) for v in relative_actions] if relative_actions not in (None, False) else None
+        self.init_kwargs["relative_actions"] = self.relative_actions
         if self.relative_actions is not None and len(self.relative_actions) > min(state_dim, config.max_action_dim):
             raise ValueError(
                 f"relative_actions has {len(self.relative_actions)} dims: more than the state's {state_dim} "
