@@ -31,6 +31,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from rllib_pirl.envs import ENVS
 from rllib_pirl.errors import UsageError
 from rllib_pirl.imports import import_object
 from rllib_pirl.models.checkpoint import is_model_checkpoint
@@ -259,7 +260,6 @@ def check_env(env) -> None:
     from ray.tune.registry import ENV_CREATOR, _global_registry
 
     from rllib_pirl.algorithms import register
-    from rllib_pirl.envs import ENVS
 
     register()
     if isinstance(env, str) and (_global_registry.contains(ENV_CREATOR, env) or env in gym.registry):
@@ -311,7 +311,22 @@ def _validated_config(algo_cls, env, config: dict[str, Any], name: str):
     except (ValueError, TypeError) as e:
         msg = str(e).split("\nTo suppress all validation errors")[0]
         raise UsageError(f"Experiment {name!r}: invalid config: {msg}") from None
+    _check_pretrained_against_env(algo_config, name)
     return algo_config
+
+
+def _check_pretrained_against_env(algo_config, name: str) -> None:
+    """A π0 / π0.5 ``pretrained`` checkpoint against the env's cameras and state size, where the
+    env table knows them without building the env (before Ray starts)."""
+    kwargs = algo_config._model_config.get("model_kwargs") or {}
+    entry = ENVS.get(algo_config.env) if isinstance(algo_config.env, str) else None
+    if not isinstance(kwargs.get("pretrained"), str) or entry is None or entry.observation_features is None:
+        return
+    features = entry.observation_features(dict(algo_config.env_config))
+    try:
+        check_pretrained(kwargs["pretrained"], kwargs, features.get("cameras"), features.get("state_dim"))
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"Experiment {name!r}: model_config.model_kwargs.pretrained: {e}") from None
 
 
 @dataclass

@@ -429,6 +429,31 @@ def test_bad_checkpoints_are_refused_before_any_rollout(tmp_path):
         config_dict_for_rllib({"model_config": model_config})
 
 
+def test_env_features_are_checked_before_ray_starts():
+    """A run's config: the checkpoint's cameras against the env table's (ManiSkill rgb:
+    base_camera / hand_camera; LIBERO: image / wrist_image and its 8-D state), no env built."""
+    from rllib_pirl.algorithms import FlowSDE
+    from rllib_pirl.experiments import build_config
+
+    folder = os.path.join(FIXTURES, "pi0")
+    kwargs = {"pretrained": folder, "tokenizer": TOKENIZER, "pi_config": HEADS}
+    config = {
+        "env_config": {"task": "PickCube-v1", "obs_mode": "rgb", "control_mode": "pd_ee_delta_pos"},
+        "action_chunk": 4,
+        "model_config": {"model_class": "rllib_pirl.models.pi0:PiPolicy", "model_kwargs": kwargs},
+    }
+    with pytest.raises(
+        UsageError, match=r"pretrained: .*cameras \['base_0_rgb', 'left_wrist_0_rgb'\] .* not the env's"
+    ):
+        build_config(FlowSDE, "ManiSkill", config, "x")
+    kwargs["camera_keys"] = ["base_camera", "hand_camera"]
+    build_config(FlowSDE, "ManiSkill", config, "x")
+    config["env_config"] = {"suite": "libero_spatial", "tasks": [0]}
+    kwargs["camera_keys"] = ["image", "wrist_image"]
+    with pytest.raises(UsageError, match="trained on a 10-D state .* the env gives 8 dims"):
+        build_config(FlowSDE, "LIBERO", config, "x")
+
+
 def obs_space(cameras, state_dim=10):
     spaces = {"state": gym.spaces.Box(-10, 10, (state_dim,), np.float32)}
     spaces.update({k: gym.spaces.Box(0, 255, (32, 32, 3), np.uint8) for k in cameras})

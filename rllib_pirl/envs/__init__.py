@@ -78,6 +78,10 @@ class EnvEntry:
     #: env_config → the tasks its training sub-envs run in turn (sub-env slot i, or GRPO pool
     #: i, runs task i mod #tasks); None: one task
     sampled_tasks: Callable | None = None
+    #: env_config → ``{"cameras": [keys], "state_dim": int | None}`` of its observations, known
+    #: without building the env (a π0 checkpoint's features are checked against them before Ray
+    #: starts); None: unknown
+    observation_features: Callable | None = None
     #: whether the step limit is part of the task (an episode must succeed within it, and the
     #: state does not say how much time is left): GAE then ends the return at the limit instead of
     #: bootstrapping γ·V(s_T) there, unless the run sets ``time_limit_bootstrap`` (every env says)
@@ -101,6 +105,7 @@ ENVS: dict[str, EnvEntry] = {
         max_episode_steps=deferred("rllib_pirl.envs.maniskill:max_episode_steps"),
         grouped_resets_error=deferred("rllib_pirl.envs.maniskill:grouped_resets_error"),
         sampled_tasks=deferred("rllib_pirl.envs.maniskill:sampled_tasks"),
+        observation_features=deferred("rllib_pirl.envs.maniskill:observation_features"),
         time_limit_is_task=True,
     ),
     "LIBERO": EnvEntry(
@@ -111,6 +116,7 @@ ENVS: dict[str, EnvEntry] = {
         initial_states=deferred("rllib_pirl.envs.libero:num_initial_states"),
         max_episode_steps=deferred("rllib_pirl.envs.libero:max_episode_steps"),
         sampled_tasks=deferred("rllib_pirl.envs.libero:sampled_tasks"),
+        observation_features=deferred("rllib_pirl.envs.libero:observation_features"),
         time_limit_is_task=True,
     ),
 }

@@ -348,6 +348,12 @@ def instructions(env_config) -> list[str]:
     return LiberoConfig.from_env_config(env_config).instruction_list()
 
 
+def observation_features(env_config) -> dict:
+    """The camera keys and state size of ``env_config``'s observations."""
+    LiberoConfig.from_env_config(env_config)  # bad keys stop here
+    return {"cameras": list(CAMERAS), "state_dim": 8}
+
+
 def sampled_tasks(env_config) -> list[str]:
     """The names of the tasks the sub-envs run in turn (sub-env i: task i mod #tasks)."""
     config = LiberoConfig.from_env_config(env_config)

@@ -465,6 +465,12 @@ def instructions(env_config) -> list[str]:
     return ManiSkillConfig.from_env_config(env_config).instruction_list()
 
 
+def observation_features(env_config) -> dict:
+    """The camera keys of ``env_config``'s observations (its state size is the task's: None)."""
+    config = ManiSkillConfig.from_env_config(env_config)
+    return {"cameras": list(CAMERAS) if config.obs_mode != "state" else [], "state_dim": None}
+
+
 def sampled_tasks(env_config) -> list[str]:
     """The tasks the training sub-envs run in turn: ``train_tasks``, else ``tasks``."""
     config = ManiSkillConfig.from_env_config(env_config)

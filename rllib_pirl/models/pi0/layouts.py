@@ -187,16 +187,7 @@ def resolve_policy_kwargs(
     kwargs["camera_keys"] = cameras if new_features else _cameras(info, cameras, env_cameras)
     if info.cameras and info.format == "lerobot" and not new_features:
         kwargs["camera_names"] = list(info.cameras)
-    declared = info.policy_kwargs.get("state_dim")
-    state_stats = ((kwargs.get("norm_stats") or {}).get("state") or {}).values()
-    if declared is None and state_stats and not new_features:  # openpi / RLinf: the statistics' size
-        declared = len(next(iter(state_stats)))
-    if env_state_dim is not None and declared is not None and declared != env_state_dim and not new_features:
-        raise CheckpointMismatch(
-            f"{_where(info)} was trained on a {declared}-D state (its input_features / statistics), the env gives "
-            f"{env_state_dim} dims: this checkpoint is for another robot or observation; pick the env's matching "
-            "obs_mode / control_mode, or fine-tune (rllib sft --pretrained) on this env first."
-        )
+    declared = None if new_features else _state_dim(info, kwargs.get("norm_stats"), env_state_dim)
     if not new_features and "state_dim" not in requested:
         kwargs["state_dim"] = declared if declared is not None else env_state_dim
     if kwargs.get("state_dim") is None:
@@ -225,6 +216,22 @@ def _check_relative_preset(info: Pretrained, requested: dict[str, Any], new_feat
             f"not record: set model_kwargs.relative_actions: {json.dumps(mask)} (or false if it predicts absolute "
             "actions)."
         )
+
+
+def _state_dim(info: Pretrained, stats, env_state_dim: int | None) -> int | None:
+    """The state size the checkpoint was trained on (its features, else its statistics'), refused
+    when the env's differs."""
+    declared = info.policy_kwargs.get("state_dim")
+    state_stats = ((stats or {}).get("state") or {}).values()
+    if declared is None and state_stats:  # openpi / RLinf: the statistics' size
+        declared = len(next(iter(state_stats)))
+    if env_state_dim is not None and declared is not None and declared != env_state_dim:
+        raise CheckpointMismatch(
+            f"{_where(info)} was trained on a {declared}-D state (its input_features / statistics), the env gives "
+            f"{env_state_dim} dims: this checkpoint is for another robot or observation; pick the env's matching "
+            "obs_mode / control_mode, or fine-tune (rllib sft --pretrained) on this env first."
+        )
+    return declared
 
 
 def _where(info: Pretrained) -> str:
@@ -305,12 +312,22 @@ def _cameras(info: Pretrained, requested: list | None, env_cameras: list[str] | 
     return mapped
 
 
-def check_pretrained(path: str, model_kwargs: dict[str, Any] | None = None) -> Pretrained:
-    """What can be checked of ``model_kwargs.pretrained`` before Ray starts (no env yet): the
-    files, the format, the architecture and the statistics. Raises :class:`CheckpointMismatch`."""
-    kwargs = dict(model_kwargs or {})
+def check_pretrained(
+    path: str,
+    model_kwargs: dict[str, Any] | None = None,
+    env_cameras: list[str] | None = None,
+    env_state_dim: int | None = None,
+) -> Pretrained:
+    """What can be checked of ``model_kwargs.pretrained`` before Ray starts, without building the
+    model: the files, the format, the architecture and the statistics, and against the env's
+    cameras / state size where they are known without building it. Raises :class:`CheckpointMismatch`."""
+    kwargs = {k: v for k, v in (model_kwargs or {}).items() if v is not None}
     info = read_pretrained(path, kwargs.get("pi_config"))
-    _normalisation(info, {k: v for k, v in kwargs.items() if v is not None})
+    stats = _normalisation(info, kwargs).get("norm_stats")
+    _check_relative_preset(info, kwargs, False)
+    if env_cameras:
+        _cameras(info, kwargs.get("camera_keys"), env_cameras)
+    _state_dim(info, stats, kwargs.get("state_dim") or env_state_dim)
     return info
 
 
