@@ -115,7 +115,7 @@ class FlowPPOTorchLearner(PPOTorchLearner):
                     chunk_size=self.config.value_chunk_size, prefix_cache=self.config.prefix_cache, critic=critic
                 ),
             )
-            if not time_limit_rule(self.config)[0]:
+            if self.config.advantage_estimator == "gae" and not time_limit_rule(self.config)[0]:
                 self._learner_connector.insert_before(AddOneTsToEpisodesAndTruncate, RecordTimeLimits())
                 self._learner_connector.insert_before(GeneralAdvantageEstimation, EndAtTimeLimits())
             if not critic:  # V ≡ 0 and λ = 1: GAE's advantage of a step is its discounted reward to go
