@@ -86,6 +86,7 @@ def cmd_evaluate(args) -> int:
         seed=args.seed,
         explore=args.explore,
         num_denoise_steps=args.num_denoise_steps,
+        x0=args.x0,
         video_dir=args.video_dir,
         workers=args.workers,
     )
@@ -331,6 +332,13 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--env-config", help="JSON env_config (overrides the one stored in an algorithm checkpoint)")
     ev.add_argument("--env", help="env name (required for a model checkpoint from `rllib sft`)")
     ev.add_argument("--num-denoise-steps", type=int, default=4, help="K for a model checkpoint (default 4)")
+    ev.add_argument(
+        "--x0",
+        choices=("zeros", "noise"),
+        help="where the deterministic policy's chain starts: zeros (the RL policy's default) or noise "
+        "(x0 ~ N(0, I), as openpi and lerobot evaluate; seeded per episode, so a rerun repeats it); "
+        "default: the checkpoint's inference_x0",
+    )
     ev.add_argument("--video-dir", help="write mp4s of the first 3 episodes here (envs with camera observations)")
     ev.add_argument(
         "--workers",

@@ -26,6 +26,8 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
 
+from rllib_pirl.settings import X0_CHOICES
+
 
 def env_creator_for(env) -> Callable[[dict], gym.Env]:
     """The creator of a Tune-registered env name, or ``gymnasium.make`` for an id."""
@@ -162,9 +164,10 @@ def evaluate(
 ) -> EvalResult:
     """Run ``episodes`` episodes, episode i reset with seed ``seed + i``.
 
-    Deterministic policy (``forward_inference``) unless ``explore``; the exploration noise of
-    episode i is drawn from torch seeded with ``seed + i`` (the caller's random state is kept),
-    so a stochastic evaluation repeats like a deterministic one. Actions go to the
+    Deterministic policy (``forward_inference``, from the module's ``inference_x0``: zeros, or
+    noise) unless ``explore``; the exploration noise of episode i, and the noise x_0 of a
+    deterministic policy from noise, are drawn from torch seeded with ``seed + i`` (the caller's
+    random state is kept), so a stochastic evaluation repeats like a deterministic one. Actions go to the
     env as RLlib's env runners send them (``normalize_actions``: [−1, 1] → bounds;
     ``clip_actions``). An episode succeeds when any step's ``info["success"]`` is true
     (the reset's does not count: no episode succeeds before its first action).
@@ -173,8 +176,9 @@ def evaluate(
     one frame per policy step); with ``keep_videos`` their frames are kept in the result.
     """
     result = EvalResult()
+    seeded = explore or getattr(module, "inference_x0", "zeros") == "noise"
     for i in range(episodes):
-        with _seeded_noise(module, seed + i) if explore else contextlib.nullcontext():
+        with _seeded_noise(module, seed + i) if seeded else contextlib.nullcontext():
             obs, _ = env.reset(seed=seed + i)
             total, success, steps, done = 0.0, False, 0, False  # no success before the first action
             record = (video_dir or keep_videos) and i < video_episodes and _camera_frame(obs) is not None
@@ -386,6 +390,7 @@ class TaskEvaluation:
     seed: int = 0
     explore: bool = False
     num_denoise_steps: int = 4  # model checkpoints only
+    x0: str | None = None  # the deterministic policy's start ("zeros" / "noise"; None: the checkpoint's)
     instructions: list[str] | None = None  # model checkpoints on envs with task ids
     normalize_actions: bool = True
     clip_actions: bool = False
@@ -417,6 +422,8 @@ class TaskEvaluation:
                     raise UsageError(f"{self.checkpoint} does not fit env {self.env_name}: {e}") from None
             elif module is None:
                 module = load_algorithm_checkpoint(self.checkpoint)[0]
+            if self.x0 is not None:
+                module.inference_x0 = self.x0
             result = evaluate(
                 module,
                 env,
@@ -451,6 +458,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     explore: bool = False,
     num_denoise_steps: int = 4,
+    x0: str | None = None,
     video_dir: str | None = None,
     workers: int = 1,
     verbose: bool = True,
@@ -462,7 +470,10 @@ def evaluate_checkpoint(
 
     ``checkpoint``: an algorithm checkpoint (a trial's ``checkpoint_00000N``; its env and
     env_config are the defaults) or a model checkpoint (``rllib sft`` / ``rllib export``; needs
-    ``env``, with its own instructions by task id, and uses ``num_denoise_steps``).
+    ``env``, with its own instructions by task id, and uses ``num_denoise_steps``). ``x0``: where
+    the deterministic policy's chain starts, ``zeros`` (the RL policy's) or ``noise`` (x_0 ~ N(0, I),
+    as openpi and lerobot evaluate; drawn from episode i's seed, so a rerun repeats it); None: the
+    checkpoint's ``inference_x0``.
     ``env_config`` overrides the checkpoint's keys. ``episodes`` per task, episode i reset with
     seed ``seed + i``: default 100; on envs with fixed initial states (LIBERO's 50 per task)
     episode i starts from initial state ``seed + i``, and the default is all of them.
@@ -481,6 +492,8 @@ def evaluate_checkpoint(
     register()
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}.")
+    if x0 not in (None, *X0_CHOICES):
+        raise UsageError(f"x0 must be one of {X0_CHOICES}, got {x0!r}.")
     overrides = dict(env_config or {})
     model_checkpoint = is_model_checkpoint(checkpoint)
     module = None  # a model checkpoint's is built from the first env's spaces
@@ -514,8 +527,10 @@ def evaluate_checkpoint(
     makers = evaluation_env_makers(env_name, env_config)
     if verbose:
         per_task = f" per task ({len(makers)} tasks)" if len(makers) > 1 else ""
+        start = "" if explore else f" from x0 {x0 or (module.inference_x0 if module is not None else 'zeros')}"
+        steps = f", K = {module.num_denoise_steps if module is not None else num_denoise_steps}"
         print(
-            f"Evaluating {checkpoint} on {env_name} ({'stochastic' if explore else 'deterministic'} policy, "
+            f"Evaluating {checkpoint} on {env_name} ({'stochastic' if explore else 'deterministic'} policy{start}{steps}, "
             f"{'initial states' if limit is not None else 'seeds'} {seed}..{seed + episodes - 1}{per_task})",
             flush=True,
         )
@@ -529,6 +544,7 @@ def evaluate_checkpoint(
             seed=seed,
             explore=explore,
             num_denoise_steps=num_denoise_steps,
+            x0=x0,
             instructions=instructions,
             normalize_actions=config.get("normalize_actions", True),
             clip_actions=config.get("clip_actions", False),

@@ -57,7 +57,9 @@ def test_train_file_runs_a_tuned_example_and_evaluate_reads_its_checkpoint(tmp_p
     ev = rllib("evaluate", str(ckpt), "--episodes", "4", "--seed", "10")
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert re.search(r"mean return: -?\d", ev.stdout) and re.search(r"success rate: \d", ev.stdout)
-    assert "seeds 10..13" in ev.stdout
+    assert "seeds 10..13" in ev.stdout and "deterministic policy from x0 zeros, K = " in ev.stdout
+    noise = rllib("evaluate", str(ckpt), "--episodes", "4", "--seed", "10", "--x0", "noise")
+    assert noise.returncode == 0 and "deterministic policy from x0 noise" in noise.stdout, noise.stderr[-3000:]
     # export: the trained model as a model checkpoint, which evaluates the same way
     ex = rllib("export", str(ckpt), "--out", str(tmp_path / "model"))
     assert ex.returncode == 0, ex.stderr[-3000:]

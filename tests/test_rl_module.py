@@ -87,6 +87,23 @@ def test_a_stochastic_evaluation_repeats_and_keeps_the_callers_random_state():
     assert deterministic.returns != first.returns
 
 
+def test_a_deterministic_evaluation_from_noise_repeats_per_seed():
+    """inference_x0 = "noise" (`rllib evaluate --x0 noise`, as openpi and lerobot evaluate): x_0 of
+    episode i drawn from its seed — a rerun repeats it, episodes shifted by one seed match, and it
+    is not the policy from zeros."""
+    from rllib_pirl.envs import make_point_reach
+    from rllib_pirl.evaluation import evaluate
+
+    env = make_point_reach({"action_chunk": 3})
+    module = make_module("sde", observation_space=env.observation_space, action_space=env.action_space)
+    zeros = evaluate(module, env, 4, seed=10)
+    module.inference_x0 = "noise"
+    first = evaluate(module, env, 4, seed=10)
+    assert first.returns == evaluate(module, env, 4, seed=10).returns
+    assert evaluate(module, env, 3, seed=11).returns == first.returns[1:]
+    assert first.returns != zeros.returns
+
+
 def test_exploration_from_zeros_is_centred_on_the_deterministic_policy():
     """exploration_x0="zeros": the exploration chain is the deterministic chain plus
     the SDE step's noise, so with noise level 0 it IS the deterministic policy."""
