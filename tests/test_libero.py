@@ -298,10 +298,11 @@ def test_sft_command_on_libero_files_then_the_env_runs_the_checkpoint(demo_file,
         )
         == 0
     )
-    config = json.loads((out / "config.json").read_text())
-    assert config["rllib_pirl"]["policy_kwargs"]["camera_keys"] == ["image", "wrist_image"]
-    assert config["rllib_pirl"]["metadata"]["demo_counts"] == {GOAL_DRAWER: 2}
-    assert config["rllib_pirl"]["metadata"]["command"].startswith("rllib sft --demos")
+    ours = json.loads((out / "rllib_pirl.json").read_text())  # our settings beside lerobot's config.json
+    assert ours["policy_kwargs"]["camera_keys"] == ["image", "wrist_image"]
+    assert ours["metadata"]["demo_counts"] == {GOAL_DRAWER: 2}
+    assert ours["metadata"]["command"].startswith("rllib sft --demos")
+    assert json.loads((out / "config.json").read_text())["type"] == "pi0"
     # `rllib evaluate` on LIBERO: per-task, ordered initial states, a video
     videos = tmp_path / "videos"
     env_config = {"suite": "libero_goal", "tasks": [GOAL_DRAWER], "camera_size": 32, "max_episode_steps": 8}
