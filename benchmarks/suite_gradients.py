@@ -13,7 +13,7 @@ them), and the cosine between the gradients of two halves of its episodes — ho
 signal rather than sampling noise (near 0: noise; the cross-task cosines are then as noisy).
 
     source .vulkan/env.sh
-    python benchmarks/suite_gradients.py --example flow_sde_suite.yaml --checkpoint /work/runs/suite_n02
+    python benchmarks/suite_gradients.py --example flow_sde_suite.yaml --checkpoint runs/suite_n02
 """
 
 from __future__ import annotations
