@@ -20,9 +20,8 @@ rllib_pirl     lerobot's                        ``rllib_pirl.json`` beside lerob
 =============  ==============================  ==========================================  ==========================
 
 Everything a format says about the policy is read (cameras in order, state / action dims,
-horizon and executed chunk, normalisation modes and ε, prompt format, denoising steps);
-(``use_relative_actions``: the state added back to the relative dims), what it says that this
-package cannot honour is refused with the reason
+horizon and executed chunk, normalisation modes and ε, prompt format, denoising steps, actions
+relative to the state); what it says that this package cannot honour is refused with the reason
 (:class:`CheckpointMismatch`), and what it does not say and cannot be guessed is asked for
 (openpi's cameras, openpi's ``discrete_state_input``: ``prompt_format``). Statistics that
 cannot be found are an error, never identity: ``norm_modes: identity`` says so explicitly.
@@ -31,7 +30,6 @@ cannot be found are an error, never identity: ``norm_modes: identity`` says so e
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import re
@@ -69,18 +67,22 @@ LEROBOT_MODES = {
 LEROBOT_IGNORED = {
     "type", "n_obs_steps", "device", "use_amp", "use_peft", "push_to_hub", "repo_id", "private", "tags",
     "license", "pretrained_path", "pretrained_revision", "dtype", "time_sampling_beta_alpha",
-    "time_sampling_beta_beta", "time_sampling_scale", "time_sampling_offset", "rtc_config", "gradient_checkpointing", "compile_model", "compile_mode",
-    "freeze_vision_encoder", "train_expert_only", "optimizer_lr", "optimizer_betas", "optimizer_eps",
-    "optimizer_weight_decay", "optimizer_grad_clip_norm", "scheduler_warmup_steps", "scheduler_decay_steps",
-    "scheduler_decay_lr",
+    "time_sampling_beta_beta", "time_sampling_scale", "time_sampling_offset", "rtc_config",
+    "gradient_checkpointing", "compile_model", "compile_mode", "freeze_vision_encoder", "train_expert_only",
+    "optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay", "optimizer_grad_clip_norm",
+    "scheduler_warmup_steps", "scheduler_decay_steps", "scheduler_decay_lr",
 }  # fmt: skip
 #: lerobot fields this module reads.
 LEROBOT_READ = {
     "input_features", "output_features", "paligemma_variant", "action_expert_variant", "chunk_size",
     "n_action_steps", "max_state_dim", "max_action_dim", "num_inference_steps", "min_period", "max_period",
-    "use_relative_actions", "relative_exclude_joints", "action_feature_names", "image_resolution", "empty_cameras", "normalization_mapping", "tokenizer_max_length",
+    "use_relative_actions", "relative_exclude_joints", "action_feature_names", "image_resolution",
+    "empty_cameras", "normalization_mapping", "tokenizer_max_length",
 }  # fmt: skip
 OPENPI_FIELDS = {"action_dim", "action_horizon", "paligemma_variant", "action_expert_variant", "precision"}
+#: openpi's name of the (tied) word embedding, and the one lerobot ≥ 0.5 embeds with beside it
+EMBED = "paligemma_with_expert.paligemma.lm_head.weight"
+LM_EMBED = "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
 
 
 class CheckpointMismatch(ValueError):
@@ -105,7 +107,8 @@ class Pretrained:
     cameras: list[str] | None = None
     stats_source: str = ""
     rl_heads: dict[str, torch.Tensor] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    #: several statistics files and none chosen (openpi / RLinf folders): the choice is the user's
+    stats_candidates: list[str] = field(default_factory=list)
 
     @property
     def layout(self) -> str:
@@ -283,7 +286,7 @@ def infer_pi_config(tensors: dict[str, torch.Tensor], variant: str | None = None
         patch_size=patch.shape[-1],
         image_size=round(t[f"{vt}embeddings.position_embedding.weight"].shape[0] ** 0.5) * patch.shape[-1],
     )
-    embed = t.get(f"{lm}embed_tokens.weight", t.get("paligemma_with_expert.paligemma.lm_head.weight"))
+    embed = t.get(LM_EMBED, t.get(EMBED))
     if variant == "pi0":
         fields["max_state_dim"] = t["state_proj.weight"].shape[1]
     fields.setdefault("max_token_len", 200 if variant == "pi05" else 48)
@@ -390,7 +393,7 @@ def _read_lerobot(folder, weights, config, tensors, read) -> Pretrained:
         raise CheckpointMismatch(
             f"{path}: image_resolution {resolution} disagrees with the weights' SigLIP ({pi_config.vision.image_size} px)."
         )
-    both = {"model.paligemma_with_expert.paligemma.lm_head.weight", _LM_EMBED} <= set(tensors)
+    both = {"model." + EMBED, "model." + LM_EMBED} <= set(tensors)
     kwargs = {
         "norm_stats": stats or None,
         "norm_modes": modes,
@@ -422,9 +425,6 @@ def _read_lerobot(folder, weights, config, tensors, read) -> Pretrained:
         cameras=cameras or None,
         stats_source="; ".join(sources),
     )
-
-
-_LM_EMBED = "model.paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
 
 
 def relative_action_mask(action_dim: int, exclude_joints=None, action_names=None) -> list[bool]:
@@ -491,8 +491,6 @@ def _read_openpi(folder, weights, config, tensors, read) -> Pretrained:
         stats = read_norm_stats(files[0])
         kwargs["norm_stats"] = stats
         source = os.path.relpath(files[0], folder)
-    elif len(files) > 1:
-        kwargs["norm_stats_candidates"] = files
     return Pretrained(
         source=weights,
         folder=folder,
@@ -503,6 +501,7 @@ def _read_openpi(folder, weights, config, tensors, read) -> Pretrained:
         pi_config=pi_config,
         policy_kwargs=kwargs,
         stats_source=source,
+        stats_candidates=files if len(files) > 1 else [],
     )
 
 
@@ -556,7 +555,6 @@ def _read_ours(folder, weights, config, tensors, read) -> Pretrained:
         cameras=list(cameras) if cameras else None,
         stats_source=source,
         rl_heads=load_file(heads) if os.path.isfile(heads) else None,
-        metadata=ours.get("metadata", {}),
     )
 
 
@@ -566,10 +564,3 @@ def tokenizer_in(folder: str) -> str | None:
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
     return None
-
-
-def as_dict(info: Pretrained) -> dict[str, Any]:
-    """The description without the weights (for printing and tests)."""
-    return {
-        f.name: getattr(info, f.name) for f in dataclasses.fields(info) if f.name not in ("tensors", "read", "rl_heads")
-    }

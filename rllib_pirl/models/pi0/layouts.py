@@ -32,8 +32,10 @@ from safetensors.torch import save_file
 from rllib_pirl.models.pi0.formats import (
     ACTION_FEATURE,
     CONFIG,
+    EMBED,
     IMAGE_PREFIX,
     LEROBOT_MODES,
+    LM_EMBED,
     OURS,
     POSTPROCESSOR,
     PREPROCESSOR,
@@ -44,15 +46,12 @@ from rllib_pirl.models.pi0.formats import (
     CheckpointMismatch,
     Pretrained,
     detect_variant,
-    find_norm_stats,
     read_norm_stats,
     read_pretrained,
     tokenizer_in,
 )
 
 LAYOUTS = ("lerobot", "openpi")
-_EMBED = "paligemma_with_expert.paligemma.lm_head.weight"
-_LM_EMBED = "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"
 _EXPERT_HEAD = "paligemma_with_expert.gemma_expert.lm_head.weight"
 #: (our module prefix, openpi prefix), most specific first.
 _PREFIXES = (
@@ -72,7 +71,7 @@ RL_HEAD_PREFIXES = ("value_head.", "noise_head.")
 def openpi_key(key: str) -> str:
     """Our parameter name → its name in an openpi file."""
     if key == "backbone.paligemma.language_model.embed_tokens.weight":
-        return _EMBED
+        return EMBED
     for ours, theirs in _PREFIXES:
         if key.startswith(ours):
             return theirs + key[len(ours) :]
@@ -99,11 +98,11 @@ def load_layout_state(model, tensors: dict[str, torch.Tensor], source: str, read
     origin = {k.removeprefix("model."): k for k in tensors}
     tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
     skipped = {}
-    if _LM_EMBED in tensors:  # the embedding the model uses; lm_head beside it is lerobot ≥ 0.5's stale copy
-        if _EMBED in tensors:
-            tensors.pop(_EMBED)
-            skipped[_EMBED] = "the tied copy (stale after a lerobot ≥ 0.5 fine-tune): embed_tokens is loaded"
-        tensors[_EMBED], origin[_EMBED] = tensors.pop(_LM_EMBED), origin.pop(_LM_EMBED)
+    if LM_EMBED in tensors:  # the embedding the model uses; lm_head beside it is lerobot ≥ 0.5's stale copy
+        if EMBED in tensors:
+            tensors.pop(EMBED)
+            skipped[EMBED] = "the tied copy (stale after a lerobot ≥ 0.5 fine-tune): embed_tokens is loaded"
+        tensors[EMBED], origin[EMBED] = tensors.pop(LM_EMBED), origin.pop(LM_EMBED)
     skipped.update({k: "unused by π0 / π0.5" for k in sorted(tensors) if any(p.match(k) for p in UNUSED)})
     own_heads = {k: v for k, v in model.state_dict().items() if k in model.rl_head_state_keys()}
     their_heads = {k: v for k, v in tensors.items() if k.startswith(RL_HEAD_PREFIXES)}
@@ -176,9 +175,8 @@ def resolve_policy_kwargs(
     RL config's ``model_kwargs``). Against the env (``env_cameras``, ``env_state_dim``; None:
     no env, the checkpoint's own) a checkpoint that declares other cameras or another state
     is refused, unless ``new_features`` (SFT: the demos redefine state, cameras and statistics)."""
-    redefined = ("norm_stats_candidates",) + (("norm_stats", "state_dim", "env_action_dim", "camera_names",
-                                               "n_action_steps", "relative_actions") if new_features else ())  # fmt: skip
-    kwargs = {k: v for k, v in info.policy_kwargs.items() if k not in redefined}
+    redefined = ("norm_stats", "state_dim", "env_action_dim", "camera_names", "n_action_steps", "relative_actions")
+    kwargs = {k: v for k, v in info.policy_kwargs.items() if not (new_features and k in redefined)}
     requested = {k: v for k, v in requested.items() if v is not None}
     cameras = requested.pop("camera_keys", None)
     kwargs.update(_normalisation(info, requested, new_features))
@@ -258,7 +256,7 @@ def _normalisation(info: Pretrained, requested: dict[str, Any], new_features: bo
     normalised = [name for name in ("state", "actions") if modes.get(name, "mean_std") != "identity"]
     if new_features or not normalised or "norm_stats" in requested or info.format == "rllib_pirl":
         return out
-    candidates = info.policy_kwargs.get("norm_stats_candidates")
+    candidates = info.stats_candidates
     if candidates:
         raise CheckpointMismatch(
             f"{_where(info)} holds several norm_stats.json files: {[os.path.relpath(c, _where(info)) for c in candidates]}. "
@@ -423,17 +421,31 @@ def _feature(kind: str, shape) -> dict[str, Any]:
     return {"type": kind, "shape": list(shape)}
 
 
+def _features(model) -> dict[str, dict[str, Any]]:
+    """lerobot's features of the model: its cameras (VISUAL), state (STATE) and action (ACTION)."""
+    size = model.config.vision.image_size
+    features = {name: _feature("VISUAL", [3, size, size]) for name in camera_names(model)}
+    features[STATE_FEATURE] = _feature("STATE", [model.state_dim])
+    features[ACTION_FEATURE] = _feature("ACTION", [model.output_action_dim])
+    return features
+
+
+def _norm_map(model) -> dict[str, str]:
+    """lerobot's ``normalization_mapping`` of the model's modes."""
+    modes = model.norm_modes
+    return {"VISUAL": "IDENTITY", "STATE": _MODE_NAMES[modes["state"]], "ACTION": _MODE_NAMES[modes["actions"]]}
+
+
 def lerobot_config(model) -> dict[str, Any]:
     """``config.json`` for lerobot 0.6's PI0Config / PI05Config: its fields only."""
     c = model.config
-    size = [3, c.vision.image_size, c.vision.image_size]
-    inputs = {name: _feature("VISUAL", size) for name in camera_names(model)}
-    inputs[STATE_FEATURE] = _feature("STATE", [model.state_dim])
+    features = _features(model)
+    action = features.pop(ACTION_FEATURE)
     return {
         **_LEROBOT_FIELDS,
         "type": c.variant,
-        "input_features": inputs,
-        "output_features": {ACTION_FEATURE: _feature("ACTION", [model.output_action_dim])},
+        "input_features": features,
+        "output_features": {ACTION_FEATURE: action},
         "dtype": model.init_kwargs.get("dtype", "float32"),
         "chunk_size": c.chunk_size,
         "n_action_steps": model.init_kwargs.get("n_action_steps") or c.chunk_size,
@@ -442,14 +454,10 @@ def lerobot_config(model) -> dict[str, Any]:
         "num_inference_steps": model.num_inference_steps,
         "min_period": c.min_period,
         "max_period": c.max_period,
-        "image_resolution": size[1:],
+        "image_resolution": [c.vision.image_size, c.vision.image_size],
         "tokenizer_max_length": c.max_token_len,
         **_relative_fields(model),
-        "normalization_mapping": {
-            "VISUAL": "IDENTITY",
-            "STATE": _MODE_NAMES[model.norm_modes["state"]],
-            "ACTION": _MODE_NAMES[model.norm_modes["actions"]],
-        },
+        "normalization_mapping": _norm_map(model),
     }
 
 
@@ -471,24 +479,21 @@ def camera_names(model) -> list[str]:
     return [IMAGE_PREFIX + (k or f"empty_camera_{i}") for i, k in enumerate(model.camera_keys)]
 
 
-def _stats_file(model, names: list[str]) -> dict[str, torch.Tensor]:
+def _stats_file(model) -> dict[str, torch.Tensor]:
     flat = {}
     for name, feature in (("state", STATE_FEATURE), ("actions", ACTION_FEATURE)):
         for stat, values in ((model.norm_stats or {}).get(name) or {}).items():
             flat[f"{feature}.{stat}"] = torch.tensor(values, dtype=torch.float32)
-    for camera in names:  # VISUAL is IDENTITY: lerobot keeps image statistics it does not apply
+    for camera in camera_names(model):  # VISUAL is IDENTITY: lerobot keeps image statistics it does not apply
         flat[f"{camera}.mean"], flat[f"{camera}.std"] = torch.zeros(3, 1, 1), torch.ones(3, 1, 1)
     return flat
 
 
-def _processors(model, names: list[str]) -> tuple[dict, dict]:
+def _processors(model) -> tuple[dict, dict]:
     """lerobot 0.6's ``policy_preprocessor.json`` / ``policy_postprocessor.json`` of this model."""
     c = model.config
-    size = [3, c.vision.image_size, c.vision.image_size]
-    features = {name: _feature("VISUAL", size) for name in names}
-    features[STATE_FEATURE] = _feature("STATE", [model.state_dim])
-    features[ACTION_FEATURE] = _feature("ACTION", [model.output_action_dim])
-    norm_map = lerobot_config(model)["normalization_mapping"]
+    features = _features(model)
+    norm_map = _norm_map(model)
     eps = model.norm_eps if model.norm_convention == "lerobot" else 1e-8
     fields = _relative_fields(model)
     relative = {
@@ -552,8 +557,8 @@ def save_pretrained(model, path: str, layout: str = "lerobot", metadata: dict | 
     c = model.config
     weights = {k: v.detach().cpu().contiguous() for k, v in layout_state(model).items()}
     if layout == "lerobot":
-        weights[_LM_EMBED] = weights[_EMBED].clone()
-        weights[_EXPERT_HEAD] = torch.zeros(c.vocab_size, c.expert.width, dtype=weights[_EMBED].dtype)
+        weights[LM_EMBED] = weights[EMBED].clone()
+        weights[_EXPERT_HEAD] = torch.zeros(c.vocab_size, c.expert.width, dtype=weights[EMBED].dtype)
     prefix = "model." if layout == "lerobot" else ""
     save_file({prefix + k: v for k, v in weights.items()}, os.path.join(tmp, WEIGHTS))
     head_keys = model.rl_head_state_keys()
@@ -573,10 +578,9 @@ def save_pretrained(model, path: str, layout: str = "lerobot", metadata: dict | 
     }
     _write_json(os.path.join(tmp, OURS), ours)
     if layout == "lerobot":
-        names = camera_names(model)
         _write_json(os.path.join(tmp, CONFIG), lerobot_config(model))
-        pre, post = _processors(model, names)
-        stats = _stats_file(model, names)
+        pre, post = _processors(model)
+        stats = _stats_file(model)
         for name, processor in ((PREPROCESSOR, pre), (POSTPROCESSOR, post)):
             _write_json(os.path.join(tmp, name), processor)
             for step in processor["steps"]:
@@ -606,7 +610,6 @@ def _write_json(path: str, data: dict) -> None:
 
 __all__ = [
     "CheckpointMismatch",
-    "find_norm_stats",
     "layout_state",
     "load_layout_state",
     "load_pretrained",

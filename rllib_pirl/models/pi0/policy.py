@@ -48,6 +48,15 @@ from rllib_pirl.models.pi0.inputs import (
 from rllib_pirl.settings import DTYPES
 
 
+def _env_features(observation_space) -> dict:
+    """The env's camera keys (its (H, W, 3) entries, in order) and state size, as
+    :func:`~rllib_pirl.models.pi0.layouts.load_pretrained` takes them."""
+    return {
+        "env_cameras": [k for k, s in observation_space.spaces.items() if len(s.shape) == 3 and s.shape[-1] == 3],
+        "env_state_dim": int(np.prod(observation_space["state"].shape)),
+    }
+
+
 def time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:
     """φ(t) = [sin(2π·t/p_i), cos(2π·t/p_i)], p_i = p_min·(p_max/p_min)^(i/(dim/2 − 1)), in fp32."""
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float32, device=t.device)
@@ -238,15 +247,14 @@ class PiPolicy(FlowActionModel):
                 f"π0 / π0.5 need a Dict observation with 'state' and camera images, got {observation_space}. "
                 "Use env_config.obs_mode: rgb (or state+rgb)."
             )
-        cameras = [k for k, s in observation_space.spaces.items() if len(s.shape) == 3 and s.shape[-1] == 3]
-        state_dim = int(np.prod(observation_space["state"].shape))
+        env = _env_features(observation_space)
         if pretrained:
             from rllib_pirl.models.pi0.layouts import load_pretrained
 
-            model = load_pretrained(pretrained, cls, env_cameras=cameras, env_state_dim=state_dim, **kwargs)
+            model = load_pretrained(pretrained, cls, **env, **kwargs)
         else:
-            kwargs.setdefault("camera_keys", cameras)
-            kwargs.setdefault("state_dim", state_dim)
+            kwargs.setdefault("camera_keys", env["env_cameras"])
+            kwargs.setdefault("state_dim", env["env_state_dim"])
             kwargs.setdefault("env_action_dim", action_space.shape[-1])
             kwargs.setdefault("pi_config", PiConfig.tiny().to_dict())
             model = cls(**kwargs)
@@ -259,14 +267,7 @@ class PiPolicy(FlowActionModel):
         from rllib_pirl.models.pi0.layouts import load_pretrained
 
         spaces = observation_space is not None and action_space is not None
-        env = {}
-        if spaces:
-            env = {
-                "env_cameras": [
-                    k for k, s in observation_space.spaces.items() if len(s.shape) == 3 and s.shape[-1] == 3
-                ],
-                "env_state_dim": int(np.prod(observation_space["state"].shape)),
-            }
+        env = _env_features(observation_space) if spaces else {}
         model = load_pretrained(path, cls, noise_std_range=noise_std_range, instructions=instructions, **env)
         if spaces:
             model.check_spaces(observation_space, action_space)
